@@ -1,0 +1,129 @@
+"""The EAGLE-3 draft head and the tree-drafting loop (upstream `topK_genrate` semantics).
+
+The head is one Llama-style layer whose attention reads `cat(input_layernorm(embed(token)),
+hidden_norm(h))` (width 2H). On the first draft forward of a step, `h` is `fc` applied to the base
+model's three auxiliary hidden states (width 3H); on later forwards it is the draft's own output.
+The token embedding is the base model's: the head has none of its own.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelArgs, TreeConfig
+from .llama import MLP, Attention, KVCache, RMSNorm, Rotary, causal_mask
+from .tree.select import DraftTree, select_tree
+
+Section = Callable[[str], AbstractContextManager]
+
+
+class DraftLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn = Attention(args, 2 * args.hidden_size)
+        self.mlp = MLP(args.hidden_size, args.intermediate_size)
+        self.hidden_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start: int, mask: Tensor) -> Tensor:
+        x = torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)  # [1, S, 2H]
+        h = h + self.self_attn(x, cos, sin, kv, 0, start, mask)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Eagle3Draft(nn.Module):
+    """Tensor names and shapes follow the published EAGLE-3 checkpoints exactly."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.fc = nn.Linear(3 * args.target_hidden_size, args.hidden_size, bias=False)
+        self.midlayer = DraftLayer(args)
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.lm_head = nn.Linear(args.hidden_size, args.draft_vocab_size, bias=False)
+        self.register_buffer("d2t", torch.zeros(args.draft_vocab_size, dtype=torch.long))
+        self.register_buffer("t2d", torch.zeros(args.vocab_size, dtype=torch.bool))
+        self.rotary = Rotary(args.rope, args.head_dim)
+
+    def forward(self, emb: Tensor, h: Tensor, positions: Tensor, kv: KVCache, start: int,
+                mask: Tensor) -> Tensor:
+        """emb: [1, S, H] token embeddings; h: [1, S, 3H] base features or [1, S, H] draft state."""
+        if h.shape[-1] != self.args.hidden_size:
+            h = self.fc(h)
+        cos, sin = self.rotary(positions, emb.dtype)
+        return self.midlayer(emb, h, cos, sin, kv, start, mask)
+
+    def log_probs(self, h: Tensor) -> Tensor:
+        # h: [..., H] -> [..., draft_vocab]
+        return torch.log_softmax(self.lm_head(self.norm(h)).float(), dim=-1)
+
+    def to_target(self, draft_ids: Tensor) -> Tensor:
+        """Draft-vocabulary ids to target ids (target = draft + d2t[draft])."""
+        return draft_ids + self.d2t[draft_ids]
+
+
+class Drafter:
+    """Runs the draft head over accepted tokens and grows a token tree, one call per decoding step.
+
+    The head's own KV cache holds one entry per accepted token (the tree levels written after them
+    are scratch and get overwritten next step).
+    """
+
+    def __init__(self, head: Eagle3Draft, embed: nn.Embedding, tree: TreeConfig, max_len: int):
+        self.head, self.embed, self.tree = head, embed, tree
+        w = head.lm_head.weight
+        a = head.args
+        self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, max_len + tree.depth * tree.top_k,
+                          w.dtype, w.device)
+        self.n_ctx = 0
+
+    def reset(self) -> None:
+        self.n_ctx = 0
+
+    def step(self, features: Tensor, tokens: Tensor, section: Section) -> DraftTree:
+        """features: [1, m, 3H] base aux states at the newly accepted positions; tokens: [m] the
+        tokens that follow them (the last one is the new root)."""
+        k, head = self.tree.top_k, self.head
+        start, m, dev = self.n_ctx, tokens.shape[0], tokens.device
+        with section("draft_forward"):
+            h = head(self.embed(tokens)[None], features, torch.arange(start, start + m, device=dev),
+                     self.kv, start, causal_mask(start, m, dev))
+        self.n_ctx = ctx = start + m
+        with section("draft_select"):
+            top = torch.topk(head.log_probs(h[0, -1]), k)
+            scores = top.values  # [k] cumulative log-probs of the frontier
+            frontier_tok = head.to_target(top.indices)  # [k]
+            frontier_h = h[:, -1:].expand(1, k, h.shape[-1])  # [1, k, H]
+            frontier_idx = torch.arange(k, device=dev)
+            all_scores, all_tokens = [scores], [frontier_tok]
+            group_parent = [torch.zeros(1, dtype=torch.long, device=dev)]
+            level_mask = torch.eye(k, dtype=torch.bool, device=dev)  # [k, k*(level+1)]
+            eye = level_mask
+        for i in range(self.tree.depth):
+            slot = ctx + i * k
+            with section("draft_forward"):
+                mask = torch.cat((torch.ones(k, ctx, dtype=torch.bool, device=dev), level_mask), 1)
+                out = head(self.embed(frontier_tok)[None], frontier_h,
+                           torch.full((k,), ctx + i, device=dev), self.kv, slot, mask)  # [1, k, H]
+            with section("draft_select"):
+                # candidate index (+1) of each frontier node: groups of k children share one parent
+                offset = 1 + (k if i > 0 else 0) + k * k * max(0, i - 1)
+                group_parent.append(frontier_idx + offset)
+                top = torch.topk(head.log_probs(out[0]), k)  # [k, k]
+                cum = top.values + scores[:, None]  # [k, k]
+                best = torch.topk(cum.view(-1), k)
+                frontier_idx, scores = best.indices, best.values
+                rows = frontier_idx // k
+                children = head.to_target(top.indices).view(-1)  # [k*k]
+                frontier_tok = children[frontier_idx]
+                frontier_h = out[:, rows]
+                level_mask = torch.cat((level_mask[rows], eye), dim=1)
+                all_scores.append(cum.view(-1))
+                all_tokens.append(children)
+        with section("draft_select"):
+            return select_tree(tokens[-1:], torch.cat(all_scores), torch.cat(all_tokens),
+                               torch.cat(group_parent), self.tree)

@@ -1,0 +1,214 @@
+"""A compact Llama (Llama-3.x) with a preallocated static KV cache and explicit attention masks.
+
+Parameter names match Hugging Face's `LlamaForCausalLM` so checkpoints load with a strict
+`load_state_dict`. One forward serves prefill, plain decoding and tree verification: the caller says
+where the new tokens' K/V go in the cache, which rope positions they take and (for a tree) which
+earlier tokens each may attend to. It returns logits and the EAGLE-3 auxiliary hidden states.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelArgs, RopeConfig
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> Tensor:
+    """Inverse frequencies [head_dim/2], float32, with transformers' `linear`/`llama3` scaling."""
+    inv = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    s = rope.scaling
+    if s is None:
+        return inv
+    kind = s.get("rope_type", s.get("type"))
+    if kind == "linear":
+        return inv / s["factor"]
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old_len / low, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+class Rotary(nn.Module):
+    def __init__(self, rope: RopeConfig, head_dim: int):
+        super().__init__()
+        self.rope, self.head_dim = rope, head_dim
+        self.register_buffer("inv_freq", rope_inv_freq(rope, head_dim), persistent=False)
+
+    def inv_freq_on(self, device: torch.device) -> Tensor:
+        """Recomputed frequencies, for a module that was built on the meta device."""
+        return rope_inv_freq(self.rope, self.head_dim).to(device)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # positions: [S] -> cos, sin: [S, head_dim], computed in float32 as transformers does
+        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: [B, H, S, D]; cos/sin: [S, D]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    """Grouped-query attention over a K/V view; `in_features` is 2H in the EAGLE-3 draft layer."""
+
+    def __init__(self, args: ModelArgs, in_features: int):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = (args.num_attention_heads, args.num_key_value_heads,
+                                                  args.head_dim)
+        self.q_proj = nn.Linear(in_features, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, args.hidden_size, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int, start: int,
+                mask: Tensor) -> Tensor:
+        # x: [1, S, in]; mask: [S, start + S] bool (True = may attend)
+        s = x.shape[1]
+        q = self.q_proj(x).view(1, s, self.n_heads, self.head_dim).transpose(1, 2)  # [1, H, S, D]
+        k = self.k_proj(x).view(1, s, self.n_kv, self.head_dim).transpose(1, 2)  # [1, Hkv, S, D]
+        v = self.v_proj(x).view(1, s, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = kv.write(layer, start, k, v)  # [1, Hkv, start + S, D]
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [1, H, S, D]
+        return self.o_proj(out.transpose(1, 2).reshape(1, s, self.n_heads * self.head_dim))
+
+
+class KVCache(nn.Module):
+    """All layers' keys and values in one preallocated buffer [layers, 2, Hkv, max_len, D]."""
+
+    def __init__(self, layers: int, n_kv: int, head_dim: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__()
+        self.max_len = max_len
+        self.register_buffer("data", torch.zeros(layers, 2, n_kv, max_len, head_dim, dtype=dtype,
+                                                 device=device), persistent=False)
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k/v [1, Hkv, S, D] at slots start..start+S; return the layer's keys/values so far."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache overflow: need {end} slots, have {self.max_len}; "
+                               "raise max_length")
+        self.data[layer, 0, :, start:end] = k[0]
+        self.data[layer, 1, :, start:end] = v[0]
+        return self.data[layer, 0, :, :end][None], self.data[layer, 1, :, :end][None]
+
+    def compact(self, start: int, slots: Tensor) -> None:
+        """Move the K/V of `slots` (absolute, ascending) to start..start+len(slots), all layers at once."""
+        self.data[:, :, :, start:start + slots.shape[0]] = self.data[:, :, :, slots]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn = Attention(args, args.hidden_size)
+        self.mlp = MLP(args.hidden_size, args.intermediate_size)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, x, cos, sin, kv, layer, start, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaBody(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_hidden_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+
+class BaseOutput(NamedTuple):
+    logits: Tensor  # [1, S', vocab] (S' = S, or 1 with last_only)
+    aux_hidden: Tensor  # [1, S, 3H]: inputs of layers 2, L//2, L-3, concatenated in that order
+
+
+def causal_mask(start: int, length: int, device: torch.device) -> Tensor:
+    """[length, start + length] bool: new token i sees the cached prefix and new tokens <= i."""
+    cols = torch.arange(start + length, device=device)
+    rows = torch.arange(length, device=device)
+    return cols[None, :] <= (start + rows)[:, None]
+
+
+def tree_attention_mask(start: int, tree_mask: Tensor) -> Tensor:
+    """[T+1, start + T+1] bool: every tree node sees the whole prefix plus its ancestors."""
+    n = tree_mask.shape[0]
+    prefix = torch.ones(n, start, dtype=torch.bool, device=tree_mask.device)
+    return torch.cat((prefix, tree_mask), dim=1)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = LlamaBody(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.rotary = Rotary(args.rope, args.head_dim)
+        self.kv: Optional[KVCache] = None
+
+    def tie_weights(self) -> None:
+        if self.args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def setup_cache(self, max_len: int) -> KVCache:
+        """(Re)allocate the static cache when its size, dtype or device no longer fits."""
+        w = self.lm_head.weight
+        if self.kv is None or self.kv.max_len < max_len or self.kv.data.dtype != w.dtype or \
+                self.kv.data.device != w.device:
+            self.kv = None  # free the old buffer before allocating the new one
+            a = self.args
+            self.kv = KVCache(a.num_hidden_layers, a.num_key_value_heads, a.head_dim, max_len,
+                              w.dtype, w.device)
+        return self.kv
+
+    def forward(self, input_ids: Tensor, positions: Tensor, start: int, mask: Tensor,
+                last_only: bool = False) -> BaseOutput:
+        """input_ids: [1, S] written to cache slots start..start+S; positions: [S] rope positions."""
+        x = self.model.embed_tokens(input_ids)  # [1, S, H]
+        cos, sin = self.rotary(positions, x.dtype)
+        aux_at = self.args.aux_layers
+        saved = {}
+        for i, layer in enumerate(self.model.layers):
+            if i in aux_at:
+                saved[i] = x
+            x = layer(x, cos, sin, self.kv, i, start, mask)
+        x = self.model.norm(x[:, -1:] if last_only else x)
+        return BaseOutput(self.lm_head(x), torch.cat([saved[i] for i in aux_at], dim=-1))

@@ -1,0 +1,86 @@
+"""Random-weight models at real shapes, built in memory: GPU timing with nothing to download.
+
+Timings of the tree machinery do not depend on weight values (acceptance lengths do: a random
+draft head is accepted about as often as chance allows).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelArgs, RopeConfig, TreeConfig
+from .draft import Eagle3Draft
+from .llama import LlamaForCausalLM
+
+LLAMA31_ROPE = RopeConfig(theta=500000.0, scaling={
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192})
+
+PRESETS: dict[str, tuple[ModelArgs, ModelArgs]] = {
+    # meta-llama/Llama-3.1-8B-Instruct and yuhuili/EAGLE3-LLaMA3.1-Instruct-8B shapes
+    "llama3.1-8b": (
+        ModelArgs(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                  rope=LLAMA31_ROPE, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009)),
+        ModelArgs(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048,
+                  rope=LLAMA31_ROPE, draft_vocab_size=32000),
+    ),
+    # a small model with the same structure, for CPU tests
+    "tiny": (
+        ModelArgs(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+                  rope=LLAMA31_ROPE, eos_token_ids=(1,)),
+        ModelArgs(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+                  rope=LLAMA31_ROPE, draft_vocab_size=128),
+    ),
+}
+
+
+def random_vocab_map(draft_vocab: int, vocab: int, generator: torch.Generator) -> tuple:
+    """A real `d2t`/`t2d` pair: a sorted random subset of target ids makes the draft vocabulary."""
+    chosen = torch.sort(torch.randperm(vocab, generator=generator)[:draft_vocab]).values
+    d2t = chosen - torch.arange(draft_vocab)
+    t2d = torch.zeros(vocab, dtype=torch.bool)
+    t2d[chosen] = True
+    return d2t, t2d
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int, std: float = 0.02) -> None:
+    """Deterministic N(0, std) matrices and unit norm weights, drawn on the module's device."""
+    gen = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32) * std)
+
+
+def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """(base, head) with random weights at the preset's shapes."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base_args, draft_args = PRESETS[preset]
+    with torch.device(device):
+        base = LlamaForCausalLM(base_args).to(dtype)
+        head = Eagle3Draft(draft_args).to(dtype)
+    randomize_(base, seed)
+    randomize_(head, seed + 1)
+    if draft_args.draft_vocab_size != draft_args.vocab_size:
+        d2t, t2d = random_vocab_map(draft_args.draft_vocab_size, draft_args.vocab_size,
+                                    torch.Generator().manual_seed(seed + 2))
+        head.d2t.copy_(d2t)
+        head.t2d.copy_(t2d)
+    return base.eval(), head.eval()
+
+
+def preset_model(preset: str, tree: TreeConfig, mask_impl: str = "rebuild",
+                 dtype: torch.dtype = torch.float16, device="auto", seed: int = 0,
+                 max_length: int = 4096):
+    """An `EaModel` with random weights (no tokenizer: feed token ids)."""
+    from .ea_model import EaModel, resolve_device
+
+    base, head = build_random(preset, dtype, resolve_device(device), seed)
+    return EaModel(base, head, tree, mask_impl, None, max_length)
