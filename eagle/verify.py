@@ -30,7 +30,8 @@ def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptanc
     pred = logits.argmax(dim=-1)  # [T+1] base choice after each node
     cand = torch.cat((tokens, pad))[retrieve]  # [R, C]; index -1 hits the pad
     pred_at = torch.cat((pred, pad))[retrieve]  # [R, C]
-    run = (cand[:, 1:] == pred_at[:, :-1]).int().cumprod(dim=1).sum(dim=1)  # [R]
+    agree = (cand[:, 1:] == pred_at[:, :-1]) & (retrieve[:, 1:] >= 0)  # padding never agrees
+    run = agree.int().cumprod(dim=1).sum(dim=1)  # [R]
     best = run.argmax()  # first row of maximum length
     length = run[best]
     bonus = pred[retrieve[best, length]]
