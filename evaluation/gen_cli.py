@@ -1,0 +1,232 @@
+"""Command line of the MT-Bench answer generators (EAGLE and baseline): parser, config, `main`.
+
+Nothing heavy is imported at module level, so `--help` is instant; `GenConfig.validate()` imports the
+engine's registries to check the mask implementation and preset names, and `main` imports the
+generation loop (torch, transformers) only after the arguments parsed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+METHODS = ("eagle", "baseline")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+PRESET_PREFIX = "preset:"
+
+log = logging.getLogger(__name__)
+
+
+class GenError(ValueError):
+    """A setting or input file the generator cannot use; the message says what to fix."""
+
+
+@dataclass
+class GenConfig:
+    method: str  # eagle | baseline
+    base_model_path: str  # HF Llama directory, or "preset:NAME" for random weights at real shapes
+    ea_model_path: Optional[str]  # EAGLE-3 head directory (ignored with a preset)
+    model_id: str
+    answer_file: Path
+    question_file: Path
+    tokenizer_path: Optional[str] = None  # default: the base model's directory
+    question_begin: Optional[int] = None  # slice of the question list, as upstream
+    question_end: Optional[int] = None
+    max_new_token: int = 1024  # upstream default
+    total_token: int = 60  # upstream EAGLE-3 tree defaults
+    depth: int = 5
+    top_k: int = 10
+    num_choices: int = 1
+    temperature: float = 0.0  # 0: greedy (lossless)
+    top_p: float = 0.0  # 0: off
+    sample_top_k: int = 0  # 0: off
+    mask_impl: str = "rebuild"  # upstream behaviour
+    profile: bool = False
+    dtype: str = "auto"  # float16 on CUDA, float32 on the CPU
+    seed: int = 0  # sampling seed (+ choice index); also the weight seed of a preset
+    device: str = "auto"
+    max_length: int = 4096  # static KV cache: prompt + new tokens + tree must fit
+    warmup: int = 1  # untimed passes over the first pending question
+
+    def __post_init__(self) -> None:
+        self.answer_file, self.question_file = Path(self.answer_file), Path(self.question_file)
+
+    @property
+    def preset(self) -> Optional[str]:
+        if self.base_model_path.startswith(PRESET_PREFIX):
+            return self.base_model_path[len(PRESET_PREFIX):]
+        return None
+
+    def validate(self) -> "GenConfig":
+        self._check_numbers()
+        self._check_choices()
+        self._check_paths()
+        return self
+
+    def _check_numbers(self) -> None:
+        positive = ("max_new_token", "total_token", "depth", "top_k", "num_choices", "max_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise GenError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("sample_top_k", "warmup", "question_begin", "question_end", "seed"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise GenError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.temperature < 0:
+            raise GenError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise GenError(f"--top-p must be in [0, 1], got {self.top_p}")
+
+    def _check_choices(self) -> None:
+        from eagle.config import ConfigError, TreeConfig
+        from eagle.presets import PRESETS
+        from eagle.tree.masks import MASK_IMPLS
+
+        if self.method not in METHODS:
+            raise GenError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.dtype not in DTYPES:
+            raise GenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.mask_impl not in MASK_IMPLS:
+            raise GenError(f"unknown --mask-impl {self.mask_impl!r}; registered: {', '.join(MASK_IMPLS)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise GenError(f"unknown preset {self.preset!r} in --base-model-path; "
+                           f"choose preset:{' or preset:'.join(PRESETS)}")
+        try:
+            TreeConfig(self.total_token, self.depth, self.top_k)
+        except ConfigError as exc:
+            raise GenError(f"--total-token/--depth/--top-k: {exc}") from None
+
+    def _check_paths(self) -> None:
+        if self.preset is not None and not self.tokenizer_path:
+            raise GenError("a preset has no tokenizer: pass --tokenizer-path DIR (a tokenizer with a "
+                           "Llama-3 chat template, e.g. the tiny checkpoint's base directory)")
+        if self.preset is None and not Path(self.base_model_path).is_dir():
+            raise GenError(f"--base-model-path {self.base_model_path} is not a directory "
+                           f"(or use preset:NAME for random weights)")
+        if self.preset is None and not (self.ea_model_path and Path(self.ea_model_path).is_dir()):
+            raise GenError(f"--ea-model-path {self.ea_model_path} is not a directory; the EAGLE-3 "
+                           f"head is needed (the baseline loads it too, as upstream does)")
+        if self.tokenizer_path and not Path(self.tokenizer_path).is_dir():
+            raise GenError(f"--tokenizer-path {self.tokenizer_path} is not a directory")
+        if not self.question_file.is_file():
+            raise GenError(f"no question file {self.question_file}; obtain it with "
+                           f"`eagle-mt-bench-data` (or pass --question-file PATH)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, method: str) -> "GenConfig":
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["model_id"] = args.model_id or (f"ea-{args.mask_impl}" if method == "eagle" else "baseline")
+        bench = Path("data") / args.bench_name
+        values["question_file"] = args.question_file or bench / "question.jsonl"
+        values["answer_file"] = args.answer_file or bench / "model_answer" / f"{values['model_id']}.jsonl"
+        return cls(method=method, **values).validate()
+
+
+EPILOG = """examples:
+  # real checkpoints (local directories) on a GPU
+  {prog} --base-model-path models/Llama-3.1-8B-Instruct \\
+      --ea-model-path models/EAGLE3-LLaMA3.1-Instruct-8B --model-id llama31-8b{extra}
+  # the tiny checkpoints (python -m eagle.tiny --out checkpoints/tiny) on the CPU
+  {prog} --base-model-path checkpoints/tiny/base --ea-model-path checkpoints/tiny/draft \\
+      --question-end 4 --max-new-token 32
+  # random weights at Llama-3.1-8B shapes, a tokenizer borrowed from the tiny checkpoint
+  {prog} --base-model-path preset:llama3.1-8b --tokenizer-path checkpoints/tiny/base \\
+      --answer-file runs/8b.jsonl
+Answers go to data/BENCH/model_answer/MODEL_ID.jsonl unless --answer-file is given; a rerun resumes.
+"""
+
+
+def _model_group(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--base-model-path", required=True, metavar="DIR|preset:NAME",
+                   help="HF Llama checkpoint directory, or preset:llama3.1-8b / preset:tiny "
+                        "(random weights at real shapes)")
+    g.add_argument("--ea-model-path", metavar="DIR",
+                   help="EAGLE-3 draft head directory (unused with a preset)")
+    g.add_argument("--tokenizer-path", metavar="DIR",
+                   help="tokenizer with a Llama-3 chat template (default: the base model's)")
+    g.add_argument("--model-id", metavar="NAME", help="model_id written to each answer")
+    g.add_argument("--use-eagle3", action="store_true",
+                   help="accepted for upstream compatibility: EAGLE-3 heads are the only kind")
+    g.add_argument("--dtype", default="auto", metavar="|".join(DTYPES),
+                   help="weights dtype (default: float16 on CUDA, float32 on the CPU)")
+    g.add_argument("--device", default="auto", metavar="DEV", help="cpu, cuda, cuda:N (default: auto)")
+    g.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="sampling seed (+ choice index) and a preset's weight seed (default: 0)")
+    g.add_argument("--max-length", type=int, default=4096, metavar="N",
+                   help="KV cache length: prompt + new tokens + tree must fit (default: 4096)")
+
+
+def _data_group(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("questions and answers")
+    g.add_argument("--bench-name", default="mt_bench", metavar="NAME", help="default: mt_bench")
+    g.add_argument("--question-file", type=Path, metavar="PATH",
+                   help="default: data/BENCH/question.jsonl")
+    g.add_argument("--question-begin", type=int, metavar="I", help="first question index (slice)")
+    g.add_argument("--question-end", type=int, metavar="J", help="end question index (slice)")
+    g.add_argument("--answer-file", type=Path, metavar="PATH",
+                   help="default: data/BENCH/model_answer/MODEL_ID.jsonl")
+
+
+def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--max-new-token", type=int, default=1024, metavar="N",
+                   help="new tokens per turn at most (default: 1024)")
+    g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling, 0 = off")
+    g.add_argument("--sample-top-k", type=int, default=0, metavar="K", help="top-k sampling, 0 = off")
+    g.add_argument("--num-choices", type=int, default=1, metavar="N", help="answers per question")
+    g.add_argument("--warmup", type=int, default=1, metavar="N",
+                   help="untimed passes over the first pending question (default: 1)")
+    if method == "eagle":
+        g.add_argument("--profile", action="store_true",
+                       help="time each step's sections; writes ANSWER_FILE.profile.json")
+
+
+def _tree_group(parser: argparse.ArgumentParser, method: str) -> None:
+    note = "" if method == "eagle" else " (the baseline loads the head but drafts nothing)"
+    g = parser.add_argument_group("draft tree" + note)
+    g.add_argument("--total-token", type=int, default=60, metavar="N", help="tree size incl. root (60)")
+    g.add_argument("--depth", type=int, default=5, metavar="N", help="draft depth (default: 5)")
+    g.add_argument("--top-k", type=int, default=10, metavar="K", help="children per node (default: 10)")
+    if method == "eagle":
+        g.add_argument("--mask-impl", default="rebuild", metavar="NAME",
+                       help="tree-mask implementation from eagle.tree.masks.MASK_IMPLS "
+                            "(rebuild, incremental, vectorized, triton, ...; default: rebuild)")
+
+
+def build_parser(method: str, prog: str) -> argparse.ArgumentParser:
+    extra = " --mask-impl vectorized --profile" if method == "eagle" else ""
+    what = "EAGLE-3 speculative decoding" if method == "eagle" else "vanilla autoregressive decoding"
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Answer MT-Bench questions with {what} of a Llama-3 chat model "
+                    f"(FastChat llm_judge answer file plus timings and token ids).",
+        epilog=EPILOG.format(prog=prog, extra=extra))
+    _model_group(parser)
+    _data_group(parser)
+    _decoding_group(parser, method)
+    _tree_group(parser, method)
+    parser.set_defaults(mask_impl="rebuild", profile=False)
+    return parser
+
+
+def main(method: str, argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
+    """Parse, validate and generate; a user error is logged and returns 2."""
+    args = build_parser(method, prog or Path(sys.argv[0]).name).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from eagle.checkpoint import CheckpointError
+    from eagle.config import ConfigError
+
+    from .answers import AnswerFileError
+    from .generate import generate_answers
+
+    try:
+        generate_answers(GenConfig.from_args(args, method))
+    except (GenError, AnswerFileError, ConfigError, CheckpointError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# One command: MT-Bench answers with several tree-mask implementations and the vanilla baseline, then
+# speed.py on each pair (tokens/s, speedup, acceptance, token-level equivalence audit).
+#
+# With no arguments and no environment it runs the embedded tiny default on the CPU: builds the tiny
+# checkpoints (python -m eagle.tiny) under checkpoints/tiny if absent, obtains
+# data/mt_bench/question.jsonl if absent, answers all 80 questions with `rebuild`, `vectorized` and the
+# baseline, and compares rebuild vs vectorized and baseline vs rebuild (a few minutes on 2 cores).
+#
+# Environment (all optional):
+#   BASE_MODEL_PATH  base checkpoint dir, or preset:llama3.1-8b / preset:tiny   [checkpoints/tiny/base]
+#   EA_MODEL_PATH    EAGLE-3 head dir (ignored with a preset)                     [checkpoints/tiny/draft]
+#   TOKENIZER_PATH   tokenizer with a Llama-3 chat template; a preset needs one
+#                    [the base dir; for a preset checkpoints/tiny/base, built if absent]
+#   MODEL_ID         prefix of the answer files and model_id                              [tiny]
+#   MASK_IMPLS       extra mask implementations, space separated (rebuild, vectorized always run)
+#   DEVICE           auto | cpu | cuda | cuda:N                                           [auto]
+#   DTYPE            auto | float32 | float16 | bfloat16 (auto: fp16 on CUDA, fp32 on CPU)  [auto]
+#   QUESTION_BEGIN   first question index (slice)                                        [0]
+#   QUESTION_END     end question index (slice)                                          [all 80]
+#   MAX_NEW_TOKEN    new tokens per turn at most                                         [32]
+#   TOTAL_TOKEN DEPTH TOP_K   draft tree                                                 [60 5 10]
+#   TEMPERATURE      0 = greedy                                                          [0.0]
+#   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs    [0]
+#   OUT_DIR          answers and reports                                                 [runs/mt_bench]
+#   QUESTION_SOURCE  local question.jsonl to copy instead of downloading
+#                    [../shared/mt_bench/question.jsonl when that exists]
+#   TINY_DIR         where the tiny checkpoints are found or built                       [checkpoints/tiny]
+#   PYTHON           interpreter                                                         [python]
+#   OMP_NUM_THREADS  torch CPU threads per process: the tiny model's small ops only pay for thread
+#                    synchronisation (14 vs 140+ ms a step with 2 on 2 busy cores)          [1]
+#
+# Answer files resume: a rerun with the same settings skips answered questions; a rerun with other
+# settings stops and names the file (delete OUT_DIR or choose another). Mask-implementation pairs
+# must match token for token (exit 1 otherwise); the baseline pair too in float32, while in
+# float16/bfloat16 its differences (near-ties of two different computations) are reported, not fatal.
+#
+# Examples:
+#   scripts/run_mt_bench.sh
+#   MASK_IMPLS="incremental triton" DEVICE=cuda BASE_MODEL_PATH=preset:llama3.1-8b \
+#     QUESTION_END=10 MAX_NEW_TOKEN=256 PROFILE=1 OUT_DIR=runs/8b scripts/run_mt_bench.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TINY_DIR=${TINY_DIR:-checkpoints/tiny}
+BASE_MODEL_PATH=${BASE_MODEL_PATH:-$TINY_DIR/base}
+EA_MODEL_PATH=${EA_MODEL_PATH:-$TINY_DIR/draft}
+TOKENIZER_PATH=${TOKENIZER_PATH:-}
+MODEL_ID=${MODEL_ID:-tiny}
+MASK_IMPLS=${MASK_IMPLS:-}
+DEVICE=${DEVICE:-auto}
+DTYPE=${DTYPE:-auto}
+QUESTION_BEGIN=${QUESTION_BEGIN:-}
+QUESTION_END=${QUESTION_END:-}
+MAX_NEW_TOKEN=${MAX_NEW_TOKEN:-32}
+TOTAL_TOKEN=${TOTAL_TOKEN:-60}
+DEPTH=${DEPTH:-5}
+TOP_K=${TOP_K:-10}
+TEMPERATURE=${TEMPERATURE:-0.0}
+PROFILE=${PROFILE:-0}
+OUT_DIR=${OUT_DIR:-runs/mt_bench}
+QUESTION_SOURCE=${QUESTION_SOURCE:-}
+PYTHON=${PYTHON:-python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+QUESTION_FILE=data/mt_bench/question.jsonl
+
+log() { printf '[run_mt_bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+ensure_tiny() {
+  if [[ -f $TINY_DIR/base/config.json && -f $TINY_DIR/draft/config.json ]]; then
+    return
+  fi
+  log "building the tiny checkpoints in $TINY_DIR (python -m eagle.tiny)"
+  "$PYTHON" -m eagle.tiny --out "$TINY_DIR"
+}
+
+ensure_questions() {
+  local source=$QUESTION_SOURCE
+  if [[ -z $source && -f ../shared/mt_bench/question.jsonl ]]; then
+    source=../shared/mt_bench/question.jsonl
+  fi
+  if [[ -n $source ]]; then
+    "$PYTHON" -m evaluation.mt_bench_data --out "$QUESTION_FILE" --from "$source"
+  else
+    "$PYTHON" -m evaluation.mt_bench_data --out "$QUESTION_FILE"
+  fi
+}
+
+mask_impls() {  # rebuild, vectorized, then MASK_IMPLS, each once, all checked against the registry
+  local impls=() seen=" " impl
+  for impl in rebuild vectorized $MASK_IMPLS; do
+    [[ $seen == *" $impl "* ]] && continue
+    seen+="$impl "
+    impls+=("$impl")
+  done
+  "$PYTHON" - "${impls[@]}" <<'EOF' || exit 2
+import sys
+from eagle.tree.masks import MASK_IMPLS
+missing = [name for name in sys.argv[1:] if name not in MASK_IMPLS]
+if missing:
+    sys.exit(f"[run_mt_bench] error: mask implementation(s) {', '.join(missing)} not registered in "
+             f"eagle.tree.masks.MASK_IMPLS (registered: {', '.join(MASK_IMPLS)})")
+EOF
+  echo "${impls[@]}"
+}
+
+common_args() {
+  local args=(--base-model-path "$BASE_MODEL_PATH" --ea-model-path "$EA_MODEL_PATH"
+              --question-file "$QUESTION_FILE" --max-new-token "$MAX_NEW_TOKEN"
+              --total-token "$TOTAL_TOKEN" --depth "$DEPTH" --top-k "$TOP_K"
+              --temperature "$TEMPERATURE" --device "$DEVICE" --dtype "$DTYPE")
+  [[ -n $TOKENIZER_PATH ]] && args+=(--tokenizer-path "$TOKENIZER_PATH")
+  [[ -n $QUESTION_BEGIN ]] && args+=(--question-begin "$QUESTION_BEGIN")
+  [[ -n $QUESTION_END ]] && args+=(--question-end "$QUESTION_END")
+  printf '%s\n' "${args[@]}"
+}
+
+FAILED=()
+compare() {  # compare NAME BASELINE OPT STRICT(1/0)
+  local name=$1 base=$2 opt=$3 strict=$4 rc=0
+  log "speed.py: $name"
+  "$PYTHON" -m evaluation.speed --baseline "$base" --opt "$opt" --json "$OUT_DIR/speed-$name.json" \
+    --markdown "$OUT_DIR/speed-$name.md" --plot "$OUT_DIR/speed-$name.png" || rc=$?
+  case $rc in
+    0) log "$name: outputs identical" ;;
+    1) if [[ $strict == 1 ]]; then FAILED+=("$name"); log "$name: OUTPUTS DIFFER";
+       else log "$name: outputs differ (allowed: baseline vs EAGLE in reduced precision)"; fi ;;
+    *) die "speed.py failed on $name (exit $rc)" ;;
+  esac
+}
+
+main() {
+  local start=$SECONDS impl impls args=()
+  if [[ $BASE_MODEL_PATH == "$TINY_DIR/base" || ( $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ) ]]; then
+    ensure_tiny
+  fi
+  if [[ $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ]]; then
+    TOKENIZER_PATH=$TINY_DIR/base
+  fi
+  [[ -f $QUESTION_FILE ]] || ensure_questions
+  impls=$(mask_impls)
+  mapfile -t args < <(common_args)
+  mkdir -p "$OUT_DIR"
+  log "mask implementations: $impls; answers in $OUT_DIR"
+  local profile=()
+  [[ $PROFILE == 1 ]] && profile=(--profile)
+  for impl in $impls; do
+    log "EAGLE answers, --mask-impl $impl"
+    "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$impl" \
+      --model-id "$MODEL_ID-ea-$impl" --answer-file "$OUT_DIR/$MODEL_ID-ea-$impl.jsonl"
+  done
+  log "baseline answers"
+  "$PYTHON" -m evaluation.gen_baseline_answer_llama3chat "${args[@]}" \
+    --model-id "$MODEL_ID-baseline" --answer-file "$OUT_DIR/$MODEL_ID-baseline.jsonl"
+
+  local ref=$OUT_DIR/$MODEL_ID-ea-rebuild.jsonl strict=0
+  for impl in $impls; do
+    [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-ea-$impl.jsonl" 1
+  done
+  [[ $(head -n 1 "$ref") == *'"dtype": "float32"'* ]] && strict=1
+  compare "baseline-vs-rebuild" "$OUT_DIR/$MODEL_ID-baseline.jsonl" "$ref" "$strict"
+
+  log "reports: $OUT_DIR/speed-*.md (.json, .png); $((SECONDS - start)) s in all"
+  if (( ${#FAILED[@]} )); then
+    log "token ids differ in: ${FAILED[*]}"
+    exit 1
+  fi
+  log "all compared outputs identical"
+}
+
+main "$@"

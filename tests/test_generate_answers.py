@@ -1,0 +1,280 @@
+"""The MT-Bench answer generators on the tiny checkpoints: schema, equivalence across mask
+implementations and with the baseline, resume after a kill, settings checks, FastChat's reader."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eagle.tree.masks import MASK_IMPLS
+from evaluation import speed
+from evaluation.answers import answer_problem, iter_lines
+from evaluation.gen_cli import main as gen_main
+from evaluation.mt_bench_data import obtain
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
+QUESTIONS = 3  # 81, 82, 83: two turns each
+MAX_NEW = 16
+CPU_IMPLS = sorted(set(MASK_IMPLS) - {"rebuild", "triton"})  # triton: CUDA only
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's small ops only pay for intra-op thread synchronisation (10x slower on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def question_file(tmp_path_factory) -> Path:
+    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
+
+
+def generate(method: str, ckpt: Path, question_file: Path, answer_file: Path, *extra: str) -> int:
+    argv = ["--base-model-path", str(ckpt / "base"), "--ea-model-path", str(ckpt / "draft"),
+            "--question-file", str(question_file), "--answer-file", str(answer_file),
+            "--question-end", str(QUESTIONS), "--max-new-token", str(MAX_NEW), *extra]
+    return gen_main(method, argv)
+
+
+@pytest.fixture(scope="module")
+def answer_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model_answer")
+
+
+@pytest.fixture(scope="module")
+def rebuild_file(tiny_ckpt, question_file, answer_dir) -> Path:
+    path = answer_dir / "ea-rebuild.jsonl"
+    assert generate("eagle", tiny_ckpt, question_file, path, "--mask-impl", "rebuild", "--profile") == 0
+    return path
+
+
+def rows(path: Path) -> list[dict]:
+    return [obj for _, obj in iter_lines(path)]
+
+
+def test_answer_lines_follow_the_schema(rebuild_file):
+    answers = rows(rebuild_file)
+    assert [a["question_id"] for a in answers] == [81, 82, 83]
+    for a in answers:
+        assert answer_problem(a) is None
+        assert a["category"] == "writing" and a["model_id"] == "ea-rebuild"
+        s = a["settings"]
+        assert (s["method"], s["mask_impl"], s["dtype"], s["max_new_token"]) == \
+            ("eagle", "rebuild", "float32", MAX_NEW)
+        (choice,) = a["choices"]
+        assert len(choice["turns"]) == 2 and all(isinstance(t, str) for t in choice["turns"])
+        for new, steps, accepts, ids in zip(choice["new_tokens"], choice["steps"],
+                                            choice["accept_lengths"], choice["token_ids"]):
+            assert 1 <= new <= MAX_NEW and steps == len(accepts)
+            assert new <= 1 + sum(n + 1 for n in accepts)  # the root token + accepted + bonus per step
+        assert "tree_mask" in a["profile"]["sections"]
+
+
+def test_profile_report_beside_the_answer_file(rebuild_file):
+    report = json.loads(Path(f"{rebuild_file}.profile.json").read_text())
+    assert report["answers"] == QUESTIONS
+    assert report["steps"] == sum(a["profile"]["steps"] for a in rows(rebuild_file))
+    assert {"tree_mask", "verify_forward", "step_total"} <= set(report["sections"])
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_mask_impls_give_identical_tokens(impl, tiny_ckpt, question_file, answer_dir, rebuild_file,
+                                          tmp_path):
+    path = answer_dir / f"ea-{impl}.jsonl"
+    assert generate("eagle", tiny_ckpt, question_file, path, "--mask-impl", impl) == 0
+    out = tmp_path / "speed.json"
+    assert speed.main(["--baseline", str(rebuild_file), "--opt", str(path), "--json", str(out)]) == 0
+    audit = json.loads(out.read_text())["audit"]
+    assert (audit["turns"], audit["differing"]) == (2 * QUESTIONS, 0)
+
+
+def test_baseline_matches_eagle_in_float32(tiny_ckpt, question_file, answer_dir, rebuild_file):
+    path = answer_dir / "baseline.jsonl"
+    assert generate("baseline", tiny_ckpt, question_file, path) == 0
+    base = rows(path)
+    assert all(a["settings"]["method"] == "baseline" and a["settings"]["mask_impl"] is None for a in base)
+    assert all(c["steps"] == [n - 1 for n in c["new_tokens"]] for a in base for c in a["choices"])
+    assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file), "--bootstrap", "0"]) == 0
+
+
+def test_perturbed_answer_file_is_caught(rebuild_file, tmp_path, caplog, capsys):
+    answers = rows(rebuild_file)
+    ids = answers[1]["choices"][0]["token_ids"][1]
+    position = min(3, len(ids) - 1)
+    ids[position] += 1
+    perturbed = tmp_path / "perturbed.jsonl"
+    perturbed.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    assert speed.main(["--baseline", str(rebuild_file), "--opt", str(perturbed)]) == 1
+    expected = f"question 82, turn 2, choice 0: first divergence at token {position}"
+    assert expected in capsys.readouterr().out and expected in caplog.text
+
+
+def load_model_answers():
+    """FastChat's own reader; its module imports the judge API clients, stubbed when absent."""
+    import importlib
+    import types
+
+    for name in ("openai", "anthropic"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules.setdefault(name, types.ModuleType(name))  # unused by the reader
+    from fastchat.llm_judge.common import load_model_answers as reader
+
+    return reader
+
+
+def test_answer_files_load_with_fastchat(rebuild_file, answer_dir):
+    loaded = load_model_answers()(str(answer_dir))
+    assert loaded["ea-rebuild"].keys() == {81, 82, 83}
+    for model_answers in loaded.values():
+        for qid, answer in model_answers.items():
+            assert answer["question_id"] == qid and answer["choices"][0]["turns"]
+
+
+def test_multi_turn_prompt_carries_the_history(tiny_ckpt):
+    from transformers import AutoTokenizer
+
+    from eagle.ea_model import GenerationResult
+    from evaluation.gen_cli import GenConfig
+    from evaluation.generate import SYSTEM_PROMPT, Answerer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_ckpt / "base"))
+    reply = tokenizer.encode("The capital is Paris.", add_special_tokens=False)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    prompts = []
+
+    class Recorder:
+        device = torch.device("cpu")
+        stop_ids = frozenset({eot})
+
+        def generate(self, input_ids, **kwargs):
+            prompts.append(tokenizer.decode(input_ids[0]))
+            return GenerationResult(input_ids, reply + [eot], 3, [1, 2, 0])
+
+    Recorder.tokenizer = tokenizer
+    cfg = GenConfig("eagle", "b", "d", "m", Path("a.jsonl"), Path("q.jsonl"))
+    choice, _ = Answerer(Recorder(), cfg, {}).choice({"turns": ["First question?", "Second one?"]}, 0)
+    assert choice["turns"] == ["The capital is Paris."] * 2
+    assert choice["new_tokens"] == [len(reply) + 1] * 2 and choice["token_ids"][0][-1] == eot
+    first, second = prompts
+    assert first.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
+    assert SYSTEM_PROMPT.strip() in first and first.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert second.startswith(first)  # turn 2 sees turn 1 and its answer
+    assert "The capital is Paris.<|eot_id|>" in second and "Second one?" in second
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= count:
+            return
+        assert proc.poll() is None, "generation ended before it could be killed"
+        time.sleep(0.2)
+    pytest.fail(f"{path} did not reach {count} lines in {timeout} s")
+
+
+def test_killed_and_restarted_generation_has_one_answer_per_question(tiny_ckpt, question_file,
+                                                                     tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "answers.jsonl"
+    args = ["--base-model-path", str(tiny_ckpt / "base"), "--ea-model-path", str(tiny_ckpt / "draft"),
+            "--question-file", str(question_file), "--answer-file", str(path), "--question-end", "6",
+            "--max-new-token", "8", "--warmup", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "evaluation.gen_ea_answer_llama3chat", *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for_lines(path, 2, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    survivors = rows(path)
+    with open(path, "a") as fh:  # a kill in the middle of a write leaves a torn line
+        fh.write(json.dumps(survivors[0])[:40])
+    assert gen_main("eagle", args) == 0
+    answers = rows(path)
+    assert [a["question_id"] for a in answers] == [81, 82, 83, 84, 85, 86]
+    assert all(answer_problem(a) is None for a in answers)
+    kept = {a["question_id"]: a["answer_id"] for a in survivors}
+    assert all(a["answer_id"] == kept[a["question_id"]] for a in answers if a["question_id"] in kept)
+    assert f"cached: {len(survivors)}, remaining: {6 - len(survivors)}" in caplog.text
+    assert "dropping an incomplete last line" in caplog.text
+
+
+def test_rerun_with_other_settings_is_refused(tiny_ckpt, question_file, rebuild_file, tmp_path, caplog):
+    before = rebuild_file.read_bytes()
+    assert generate("eagle", tiny_ckpt, question_file, rebuild_file, "--mask-impl", "rebuild",
+                    "--max-new-token", "8") == 2
+    assert "cannot resume" in caplog.text and "'max_new_token'" in caplog.text
+    assert rebuild_file.read_bytes() == before
+
+
+def test_preset_with_borrowed_tokenizer(tiny_ckpt, question_file, tmp_path, monkeypatch):
+    from eagle.presets import PRESETS
+
+    base, draft = PRESETS["tiny"]
+    wide = dataclasses.replace(base, vocab_size=1040), dataclasses.replace(draft, vocab_size=1040)
+    monkeypatch.setitem(PRESETS, "tiny-1040", wide)  # the tiny tokenizer's 1040 ids fit
+    path = tmp_path / "preset.jsonl"
+    argv = ["--base-model-path", "preset:tiny-1040", "--ea-model-path", "preset",
+            "--tokenizer-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
+            "--answer-file", str(path), "--question-end", "1", "--max-new-token", "4", "--seed", "3"]
+    assert gen_main("eagle", argv) == 0
+    (answer,) = rows(path)
+    s = answer["settings"]
+    assert (s["preset"], s["seed"], s["base_model"], s["draft_model"]) == \
+        ("tiny-1040", 3, "preset:tiny-1040", "preset")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--base-model-path", "preset:tiny"], "--tokenizer-path"),
+    (["--base-model-path", "preset:nope", "--tokenizer-path", "."], "unknown preset 'nope'"),
+    (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--mask-impl", "bogus"],
+     "unknown --mask-impl 'bogus'; registered: rebuild"),
+    (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--question-file", "/none.jsonl"],
+     "eagle-mt-bench-data"),
+    (["--base-model-path", "/none", "--ea-model-path", "DRAFT"], "is not a directory"),
+    (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--max-new-token", "0"],
+     "--max-new-token must be >= 1"),
+    (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--total-token", "600"],
+     "total_token must be in"),
+])
+def test_user_errors_exit_2_saying_what_to_fix(argv, message, tiny_ckpt, question_file, caplog):
+    subst = {"BASE": str(tiny_ckpt / "base"), "DRAFT": str(tiny_ckpt / "draft")}
+    argv = [subst.get(a, a) for a in argv]
+    if "--question-file" not in argv:
+        argv += ["--question-file", str(question_file)]
+    assert gen_main("eagle", argv + ["--answer-file", "/nonexistent/never.jsonl"]) == 2
+    assert message in caplog.text
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_ckpt, question_file, tmp_path,
+                                                               caplog):
+    argv = ["--base-model-path", "preset:tiny", "--tokenizer-path", str(tiny_ckpt / "base"),
+            "--question-file", str(question_file), "--answer-file", str(tmp_path / "a.jsonl")]
+    assert gen_main("eagle", argv) == 2
+    assert "more than the model's vocabulary" in caplog.text
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = ("import sys, evaluation.gen_cli, evaluation.speed, evaluation.mt_bench_data; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+    for script in ("gen_ea_answer_llama3chat.py", "gen_baseline_answer_llama3chat.py"):
+        done = subprocess.run([sys.executable, str(REPO / "evaluation" / script), "--help"],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "examples:" in done.stdout

@@ -1,0 +1,63 @@
+"""scripts/run_mt_bench.sh end to end on the CPU: all 80 questions, rebuild vs vectorized vs baseline."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "run_mt_bench.sh"
+
+
+def run_script(env_changes: dict, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "BASE_MODEL_PATH", "EA_MODEL_PATH", "TOKENIZER_PATH", "MODEL_ID", "MASK_IMPLS", "DEVICE", "DTYPE",
+        "QUESTION_BEGIN", "QUESTION_END", "MAX_NEW_TOKEN", "TOTAL_TOKEN", "DEPTH", "TOP_K",
+        "TEMPERATURE", "PROFILE")}
+    env.update(env_changes, PYTHON=sys.executable)
+    return subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def default_run(tiny_ckpt, tmp_path_factory):
+    """The no-argument run; only where it writes (and the prebuilt tiny checkpoints) come from here."""
+    out = tmp_path_factory.mktemp("runs")
+    done = run_script({"OUT_DIR": str(out), "TINY_DIR": str(tiny_ckpt)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, done
+
+
+@pytest.mark.slow
+def test_no_argument_run_reports_identical_outputs(default_run):
+    out, done = default_run
+    assert "all compared outputs identical" in done.stderr
+    assert done.stdout.count("**outputs identical**") == 2
+    for name in ("rebuild-vs-vectorized", "baseline-vs-rebuild"):
+        report = json.loads((out / f"speed-{name}.json").read_text())
+        assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 160
+        assert (out / f"speed-{name}.md").is_file() and (out / f"speed-{name}.png").is_file()
+    for name in ("tiny-ea-rebuild", "tiny-ea-vectorized", "tiny-baseline"):
+        lines = (out / f"{name}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["question_id"] for line in lines] == list(range(81, 161))
+
+
+@pytest.mark.slow
+def test_script_answers_load_with_fastchat(default_run):
+    from test_generate_answers import load_model_answers
+
+    loaded = load_model_answers()(str(default_run[0]))
+    assert set(loaded) == {"tiny-ea-rebuild", "tiny-ea-vectorized", "tiny-baseline"}
+    assert all(len(answers) == 80 for answers in loaded.values())
+
+
+def test_unregistered_mask_impl_fails_naming_it(tiny_ckpt, tmp_path):
+    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "MASK_IMPLS": "bogus"},
+                      timeout=120)
+    assert done.returncode == 2
+    assert "mask implementation(s) bogus not registered" in done.stderr
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,213 @@
+"""speed.py on hand-made answer files: metrics, the equivalence audit, exit codes, input validation."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluation import speed
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"method": "eagle", "mask_impl": "rebuild", "base_model": "/m/base", "draft_model": "/m/draft",
+            "tokenizer": "/m/base", "preset": None, "dtype": "float32", "total_token": 60, "depth": 5,
+            "top_k": 10, "temperature": 0.0, "top_p": 0.0, "sample_top_k": 0, "max_new_token": 8,
+            "max_length": 4096, "num_choices": 1, "seed": 0, "chat": "llama3", "device": "cpu",
+            "device_name": "x86_64", "torch": "2.13", "transformers": "5.24", "eagle": None,
+            "python": "3.11"}
+
+
+def answer(qid: int, category: str, turns: list[list[int]], wall: float = 0.5,
+           settings: dict = SETTINGS, accepts: list[list[int]] = None) -> dict:
+    accepts = accepts or [[1] * (len(ids) // 2) for ids in turns]
+    return {"question_id": qid, "answer_id": f"a{qid}", "model_id": "m", "tstamp": 1.0,
+            "category": category, "settings": settings,
+            "choices": [{"index": 0, "turns": ["text"] * len(turns), "new_tokens": [len(t) for t in turns],
+                         "wall_time": [wall] * len(turns), "steps": [len(a) for a in accepts],
+                         "accept_lengths": accepts, "token_ids": turns}]}
+
+
+def answers(wall: float = 0.5, settings: dict = SETTINGS) -> list[dict]:
+    return [answer(81, "writing", [[1, 2, 3, 4], [5, 6, 7, 8]], wall, settings),
+            answer(82, "writing", [[9, 10, 11, 12], [13, 14, 15, 16, 17, 18]], wall, settings),
+            answer(101, "math", [[20, 21], [22, 23, 24, 25]], wall, settings)]
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def with_settings(**changes) -> dict:
+    return {**SETTINGS, **changes}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    a = write(tmp_path / "a.jsonl", answers(wall=1.0))
+    b = write(tmp_path / "b.jsonl", answers(wall=0.5, settings=with_settings(mask_impl="vectorized")))
+    return a, b
+
+
+def run_speed(*argv) -> int:
+    return speed.main([str(a) for a in argv])
+
+
+def test_identical_runs_exit_0_with_report(pair, tmp_path, capsys):
+    a, b = pair
+    out = tmp_path / "out"
+    rc = run_speed("--baseline", a, "--opt", b, "--json", out / "r.json", "--markdown", out / "r.md",
+                   "--plot", out / "r.png", "--bootstrap", 200)
+    assert rc == 0
+    report = json.loads((out / "r.json").read_text())
+    assert report["audit"] == {**report["audit"], "turns": 6, "identical": 6, "differing": 0}
+    assert report["baseline"]["tokens_per_s"] == pytest.approx(24 / 6.0)
+    assert report["opt"]["tokens_per_s"] == pytest.approx(24 / 3.0)
+    assert report["speedup"]["value"] == pytest.approx(2.0)
+    lo, hi = report["speedup"]["ci95"]
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    assert [c["category"] for c in report["categories"]] == ["math", "writing"]
+    assert report["opt"]["acceptance"]["tokens_per_step"] == pytest.approx(2.0)
+    assert report["opt"]["acceptance"]["accepted_per_step"] == pytest.approx(1.0)
+    assert (out / "r.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "outputs identical" in printed and printed == (out / "r.md").read_text()
+
+
+def test_speedup_ci_brackets_a_noisy_ratio(tmp_path):
+    from evaluation.compare import Run, compare
+
+    slow = answers(wall=1.0)
+    fast = answers(wall=0.5, settings=with_settings(mask_impl="vectorized"))
+    fast[0]["choices"][0]["wall_time"] = [0.25, 0.25]  # question 81 four times as fast
+    report = compare(Run.load(write(tmp_path / "a.jsonl", slow)),
+                     Run.load(write(tmp_path / "b.jsonl", fast)), resamples=500)
+    lo, hi = report["speedup"]["ci95"]
+    assert lo < report["speedup"]["value"] < hi
+    assert report["baseline"]["tokens_per_s_mean_per_question"] == pytest.approx((8 + 10 + 6) / 3 / 2)
+
+
+def test_perturbed_tokens_exit_1_naming_question_turn_position(pair, caplog, capsys):
+    a, b = pair
+    rows = [json.loads(line) for line in b.read_text().splitlines()]
+    rows[1]["choices"][0]["token_ids"][1][3] = 999  # question 82, turn 2, token 3
+    write(b, rows)
+    assert run_speed("--baseline", a, "--opt", b) == 1
+    printed = capsys.readouterr().out
+    assert "question 82, turn 2, choice 0: first divergence at token 3" in printed
+    assert "OUTPUTS DIFFER" in printed
+    assert "question 82, turn 2" in caplog.text
+    assert run_speed("--baseline", a, "--opt", b, "--allow-mismatch") == 0
+
+
+def test_shorter_output_diverges_at_its_end(pair):
+    from evaluation.compare import first_divergence
+
+    assert first_divergence([1, 2, 3], [1, 2]) == 2
+    assert first_divergence([1, 2], [1, 2]) is None
+    assert first_divergence([1, 2], [1, 3]) == 1
+
+
+def bad_input_cases() -> dict:
+    """name -> (rows or raw text for b.jsonl, line and words the message must name)."""
+    dup = answers() + [answer(82, "writing", [[1], [2]])]
+    missing_field = answers()
+    del missing_field[1]["choices"][0]["wall_time"]
+    no_settings = answers()
+    del no_settings[0]["settings"]
+    turns = answers()
+    turns[1] = answer(82, "writing", [[9, 10, 11, 12]])
+    nonpositive = answers()
+    nonpositive[1]["choices"][0]["wall_time"] = [0.5, 0.0]
+    lines = [json.dumps(r) for r in answers()]
+    return {
+        "malformed json": ("\n".join([lines[0], lines[1][:-5], lines[2]]) + "\n", 2, "malformed JSON"),
+        "missing field": (missing_field, 2, "wall_time"),
+        "missing settings": (no_settings, 1, "settings"),
+        "duplicate question ids": (dup, 4, "duplicate question_id 82"),
+        "different question sets": (answers()[:2] + [answer(102, "math", [[1], [2]])], 3, "question 102"),
+        "missing question": (answers()[:2], 3, "question 101 is missing"),
+        "different turn counts": (turns, 2, "turns per choice"),
+        "different settings": ([dict(r, settings=with_settings(dtype="float16")) for r in answers()], 1,
+                               "'dtype'"),
+        "non-positive wall_time": (nonpositive, 2, "wall_time"),
+        "empty file": ("", 1, "empty"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_input_cases()))
+def test_bad_input_exit_2_naming_file_and_line(case, tmp_path, caplog):
+    content, line, words = bad_input_cases()[case]
+    a = write(tmp_path / "a.jsonl", answers())
+    b = tmp_path / "b.jsonl"
+    if isinstance(content, str):
+        b.write_text(content)
+    else:
+        write(b, content)
+    before = (a.read_bytes(), b.read_bytes())
+    assert run_speed("--baseline", a, "--opt", b, "--json", tmp_path / "r.json") == 2
+    assert f"{b}:{line}:" in caplog.text
+    assert words in caplog.text
+    assert not (tmp_path / "r.json").exists()
+    assert (a.read_bytes(), b.read_bytes()) == before
+
+
+def test_inconsistent_settings_within_a_file_is_bad_input(tmp_path, caplog):
+    rows = answers()
+    rows[2]["settings"] = with_settings(seed=1)
+    a, b = write(tmp_path / "a.jsonl", answers()), write(tmp_path / "b.jsonl", rows)
+    assert run_speed("--baseline", a, "--opt", b) == 2
+    assert f"{b}:3: settings differ from line 1 in 'seed'" in caplog.text
+
+
+def test_baseline_may_differ_in_draft_settings_but_eagle_runs_may_not(tmp_path, caplog):
+    base = with_settings(method="baseline", mask_impl=None, total_token=30)
+    a = write(tmp_path / "a.jsonl", answers(settings=base))
+    b = write(tmp_path / "b.jsonl", answers())
+    assert run_speed("--baseline", a, "--opt", b) == 0
+    c = write(tmp_path / "c.jsonl", answers(settings=with_settings(total_token=30)))
+    assert run_speed("--baseline", c, "--opt", b) == 2
+    assert "'total_token'" in caplog.text
+
+
+def test_environment_differences_are_warnings(tmp_path, caplog):
+    a = write(tmp_path / "a.jsonl", answers())
+    b = write(tmp_path / "b.jsonl", answers(settings=with_settings(device_name="other", torch="9")))
+    assert run_speed("--baseline", a, "--opt", b) == 0
+    assert "runs differ in 'device_name'" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown", "--plot"])
+def test_never_writes_over_an_input(pair, flag, caplog):
+    a, b = pair
+    before = (a.read_bytes(), b.read_bytes())
+    assert run_speed("--baseline", a, "--opt", b, flag, b) == 2
+    same_file_other_spelling = a.parent / "." / a.name
+    assert run_speed("--baseline", a, "--opt", b, flag, same_file_other_spelling) == 2
+    assert (a.read_bytes(), b.read_bytes()) == before
+    assert "choose another output path" in caplog.text
+
+
+def test_outputs_must_differ_from_each_other(pair, tmp_path):
+    a, b = pair
+    assert run_speed("--baseline", a, "--opt", b, "--json", tmp_path / "r", "--markdown",
+                     tmp_path / "r") == 2
+
+
+def test_missing_input_file(tmp_path, caplog):
+    a = write(tmp_path / "a.jsonl", answers())
+    assert run_speed("--baseline", a, "--opt", tmp_path / "nope.jsonl") == 2
+    assert "nope.jsonl: no such answer file" in caplog.text
+
+
+def test_script_and_module_entry_points_report_exit_codes(pair):
+    a, b = pair
+    for cmd in ([sys.executable, str(REPO / "evaluation" / "speed.py")],
+                [sys.executable, "-m", "evaluation.speed"]):
+        done = subprocess.run(cmd + ["--baseline", str(a), "--opt", str(b), "--bootstrap", "0"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "outputs identical" in done.stdout
+
