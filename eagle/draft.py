@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .config import ModelArgs, TreeConfig
 from .llama import MLP, Attention, KVCache, RMSNorm, Rotary, causal_mask
-from .tree.select import DraftTree, select_tree
+from .tree.select import Candidates, DraftTree
 
 Section = Callable[[str], AbstractContextManager]
 
@@ -94,36 +94,18 @@ class Drafter:
                      self.kv, start, causal_mask(start, m, dev))
         self.n_ctx = ctx = start + m
         with section("draft_select"):
-            top = torch.topk(head.log_probs(h[0, -1]), k)
-            scores = top.values  # [k] cumulative log-probs of the frontier
-            frontier_tok = head.to_target(top.indices)  # [k]
+            cands = Candidates(head.log_probs(h[0, -1]), k)
             frontier_h = h[:, -1:].expand(1, k, h.shape[-1])  # [1, k, H]
-            frontier_idx = torch.arange(k, device=dev)
-            all_scores, all_tokens = [scores], [frontier_tok]
-            group_parent = [torch.zeros(1, dtype=torch.long, device=dev)]
-            level_mask = torch.eye(k, dtype=torch.bool, device=dev)  # [k, k*(level+1)]
-            eye = level_mask
+            eye = torch.eye(k, dtype=torch.bool, device=dev)
+            level_mask = eye  # [k, k*(level+1)]: each frontier node sees its ancestors and itself
         for i in range(self.tree.depth):
-            slot = ctx + i * k
             with section("draft_forward"):
                 mask = torch.cat((torch.ones(k, ctx, dtype=torch.bool, device=dev), level_mask), 1)
-                out = head(self.embed(frontier_tok)[None], frontier_h,
-                           torch.full((k,), ctx + i, device=dev), self.kv, slot, mask)  # [1, k, H]
+                out = head(self.embed(head.to_target(cands.frontier_ids))[None], frontier_h,
+                           torch.full((k,), ctx + i, device=dev), self.kv, ctx + i * k, mask)
             with section("draft_select"):
-                # candidate index (+1) of each frontier node: groups of k children share one parent
-                offset = 1 + (k if i > 0 else 0) + k * k * max(0, i - 1)
-                group_parent.append(frontier_idx + offset)
-                top = torch.topk(head.log_probs(out[0]), k)  # [k, k]
-                cum = top.values + scores[:, None]  # [k, k]
-                best = torch.topk(cum.view(-1), k)
-                frontier_idx, scores = best.indices, best.values
-                rows = frontier_idx // k
-                children = head.to_target(top.indices).view(-1)  # [k*k]
-                frontier_tok = children[frontier_idx]
-                frontier_h = out[:, rows]
+                rows = cands.expand(head.log_probs(out[0]))  # [k] parent row of each new node
+                frontier_h = out[:, rows]  # [1, k, H]
                 level_mask = torch.cat((level_mask[rows], eye), dim=1)
-                all_scores.append(cum.view(-1))
-                all_tokens.append(children)
         with section("draft_select"):
-            return select_tree(tokens[-1:], torch.cat(all_scores), torch.cat(all_tokens),
-                               torch.cat(group_parent), self.tree)
+            return cands.select(tokens[-1:], self.tree, head.to_target)

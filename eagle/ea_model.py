@@ -19,7 +19,7 @@ from .config import ConfigError, TreeConfig
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, causal_mask, tree_attention_mask
 from .profiling import ProfileReport, StepProfiler
-from .tree.masks import build_tree_buffers, get_mask_impl
+from .tree.masks import build_tree_buffers, require_available
 from .verify import Sampler, accept_greedy, accept_sampling
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EaModel(nn.Module):
             raise ConfigError(
                 f"draft head expects hidden {head.args.target_hidden_size} / vocab "
                 f"{head.args.vocab_size}, base has {base.args.hidden_size} / {base.args.vocab_size}")
-        get_mask_impl(mask_impl)
+        require_available(mask_impl, base.lm_head.weight.device)
         self.base, self.head, self.tree = base, head, tree
         self.mask_impl, self.tokenizer, self.max_length = mask_impl, tokenizer, max_length
         self.stop_ids = self._stop_ids()

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from eagle import EaModel
 from eagle.checkpoint import CheckpointError, load_base, load_draft
 from eagle.draft import Drafter
+from eagle.tree.masks import MaskImplUnavailable
 from eagle.tree.select import DraftTree
 
 DEPTH = 5
@@ -186,3 +187,11 @@ def test_sharded_base_and_bin_draft_load(tiny_ckpt, tmp_path):
     torch.save(load_file(tiny_ckpt / "draft" / "model.safetensors"), draft / "pytorch_model.bin")
     head = load_draft(draft, torch.float32, cpu)
     assert head.d2t.dtype == torch.long and int(head.t2d.sum()) == head.args.draft_vocab_size
+
+
+def test_unavailable_mask_impl_fails_at_construction(models):
+    ea, _ = models
+    if torch.cuda.is_available():
+        pytest.skip("triton can run here")
+    with pytest.raises(MaskImplUnavailable, match="use one of: rebuild, incremental, vectorized"):
+        EaModel(ea.base, ea.head, ea.tree, mask_impl="triton")

@@ -6,7 +6,7 @@ Everything here stays on the device with fixed shapes (no host synchronisation).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,3 +28,46 @@ def select_tree(root: Tensor, scores: Tensor, tokens: Tensor, group_parent: Tens
     parent_node = torch.searchsorted(picked, parent_cand - 1) + 1  # its node index among picked
     parents = torch.where(parent_cand == 0, torch.zeros_like(parent_node), parent_node)
     return DraftTree(torch.cat((root, tokens[picked])), parents)
+
+
+class Candidates:
+    """Scored candidates, grown level by level the way upstream drafting does.
+
+    The root's top_k children come first; each `expand` takes the log-probs of the current top_k
+    frontier nodes, scores their top_k children each by cumulative log-prob, keeps all of them as
+    candidates and makes the best top_k the next frontier. Ids stay in the draft vocabulary until
+    `select` maps them.
+    """
+
+    def __init__(self, root_log_probs: Tensor, top_k: int):
+        top = torch.topk(root_log_probs, top_k)  # root_log_probs: [V]
+        dev = root_log_probs.device
+        self.k, self.level = top_k, 0
+        self.scores, self.frontier = top.values, torch.arange(top_k, device=dev)  # [k], [k]
+        self.frontier_ids = top.indices  # [k] draft ids of the frontier nodes
+        self.all_scores, self.all_ids = [top.values], [top.indices]
+        self.group_parent = [torch.zeros(1, dtype=torch.long, device=dev)]
+
+    def expand(self, log_probs: Tensor) -> Tensor:
+        """log_probs: [k, V], one row per frontier node in frontier order. Returns [k]: the row
+        (old frontier position) each new frontier node descends from."""
+        k = self.k
+        # candidate index (+1) of each old frontier node: its k children form one group
+        offset = 1 + (k if self.level > 0 else 0) + k * k * max(0, self.level - 1)
+        self.group_parent.append(self.frontier + offset)
+        top = torch.topk(log_probs, k)  # [k, k]
+        cum = top.values + self.scores[:, None]  # [k, k]
+        best = torch.topk(cum.view(-1), k)
+        self.frontier, self.scores = best.indices, best.values
+        ids = top.indices.view(-1)  # [k*k]
+        self.frontier_ids = ids[self.frontier]
+        self.all_scores.append(cum.view(-1))
+        self.all_ids.append(ids)
+        self.level += 1
+        return self.frontier // k
+
+    def select(self, root: Tensor, tree: TreeConfig,
+               to_target: Callable[[Tensor], Tensor] = lambda ids: ids) -> DraftTree:
+        """root: [1] target id of the root token."""
+        return select_tree(root, torch.cat(self.all_scores), to_target(torch.cat(self.all_ids)),
+                           torch.cat(self.group_parent), tree)
