@@ -7,7 +7,7 @@
 #   bash scripts/bench_gpu.sh mt-bench 60  # MT-Bench subset with total_token 60 (depth 5, top_k 10)
 #   bash scripts/bench_gpu.sh mt-bench 128 # the same with a larger tree
 #
-# Environment: OUT_DIR [runs/gpu], QUESTION_END [8], MAX_NEW_TOKEN [128], ITERATIONS [200],
+# Environment: OUT_DIR [runs/gpu], QUESTION_END [6], MAX_NEW_TOKEN [128], ITERATIONS [200],
 # PYTHON [python]. Each step writes under OUT_DIR; docs/BENCHMARKS.md quotes those files.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,7 +26,7 @@ case ${1:-} in
     total=${2:?usage: bench_gpu.sh mt-bench TOTAL_TOKEN}
     PYTHON=$PYTHON DEVICE=cuda DTYPE=float16 BASE_MODEL_PATH=preset:llama3.1-8b \
       MODEL_ID=llama31-8b-random MASK_IMPLS="incremental triton" PROFILE=1 \
-      QUESTION_END=${QUESTION_END:-8} MAX_NEW_TOKEN=${MAX_NEW_TOKEN:-128} \
+      QUESTION_END=${QUESTION_END:-6} MAX_NEW_TOKEN=${MAX_NEW_TOKEN:-128} \
       TOTAL_TOKEN=$total DEPTH=5 TOP_K=10 OUT_DIR="$OUT_DIR/tt$total" \
       bash scripts/run_mt_bench.sh
     ;;

@@ -45,7 +45,8 @@ def question_file(tmp_path_factory) -> Path:
 def generate(method: str, ckpt: Path, question_file: Path, answer_file: Path, *extra: str) -> int:
     argv = ["--base-model-path", str(ckpt / "base"), "--ea-model-path", str(ckpt / "draft"),
             "--question-file", str(question_file), "--answer-file", str(answer_file),
-            "--question-end", str(QUESTIONS), "--max-new-token", str(MAX_NEW), *extra]
+            "--question-end", str(QUESTIONS), "--max-new-token", str(MAX_NEW), "--device", "cpu",
+            *extra]
     return gen_main(method, argv)
 
 
