@@ -80,8 +80,10 @@ def assign_state(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype
                  device: torch.device) -> None:
     """Load into a module built on the meta device; floats take `dtype`, other tensors keep theirs."""
     expected = module.state_dict()
-    cast = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else expected[k].dtype)
-            for k, v in state.items()}
+    cast = {}
+    for k in list(state):  # pop as we go: at most one tensor exists twice
+        v = state.pop(k)
+        cast[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else expected[k].dtype)
     module.load_state_dict(cast, strict=True, assign=True)
     for sub in module.modules():
         if isinstance(sub, Rotary):

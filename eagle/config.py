@@ -27,6 +27,12 @@ class RopeConfig:
                 self.scaling = None
             elif kind not in ("linear", "llama3"):
                 raise ConfigError(f"unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+            else:
+                need = ("factor",) if kind == "linear" else (
+                    "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                missing = [k for k in need if k not in self.scaling]
+                if missing:
+                    raise ConfigError(f"rope_scaling of type {kind} lacks {', '.join(missing)}")
 
 
 @dataclass

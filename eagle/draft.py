@@ -7,17 +7,13 @@ The token embedding is the base model's: the head has none of its own.
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
 from .config import ModelArgs, TreeConfig
 from .llama import MLP, Attention, KVCache, RMSNorm, Rotary, causal_mask
+from .tree.masks import Section
 from .tree.select import Candidates, DraftTree
-
-Section = Callable[[str], AbstractContextManager]
 
 
 class DraftLayer(nn.Module):

@@ -39,9 +39,16 @@ class GenerationResult:
 
 
 def resolve_device(device_map: Union[str, torch.device, None]) -> torch.device:
+    """"auto"/None: the GPU when there is one, else the CPU; a named CUDA device must exist."""
     if device_map in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device_map)
+    try:
+        device = torch.device(device_map)
+    except RuntimeError as exc:  # torch's message for an unknown device string
+        raise ValueError(f"{device_map!r} is not a device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device_map} asked for, but CUDA is not available here; use cpu")
+    return device
 
 
 class TokenBudget:
@@ -82,8 +89,10 @@ class EaModel(nn.Module):
                         total_token: int = 60, depth: int = 5, top_k: int = 10,
                         torch_dtype: torch.dtype = torch.float16, device_map="auto",
                         mask_impl: str = "rebuild", use_eagle3: bool = True,
-                        max_length: int = 4096) -> "EaModel":
-        """Load an HF Llama base and an EAGLE-3 head (upstream keyword names)."""
+                        max_length: int = 4096,
+                        tokenizer_path: Union[str, Path, None] = None) -> "EaModel":
+        """Load an HF Llama base and an EAGLE-3 head (upstream keyword names); the tokenizer comes
+        from `tokenizer_path`, by default the base model's directory."""
         if not use_eagle3:
             raise ConfigError("only EAGLE-3 draft heads are supported (use_eagle3=True)")
         from transformers import AutoTokenizer
@@ -92,7 +101,7 @@ class EaModel(nn.Module):
         tree = TreeConfig(total_token, depth, top_k)
         base = load_base(Path(base_model_path), torch_dtype, device)
         head = load_draft(Path(ea_model_path), torch_dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or base_model_path))
         return cls(base, head, tree, mask_impl, tokenizer, max_length)
 
     def get_tokenizer(self):
@@ -112,7 +121,10 @@ class EaModel(nn.Module):
         return frozenset(ids)
 
     def _prefill(self, input_ids: Tensor, max_new_tokens: int, extra: int):
-        ids = input_ids.reshape(-1).to(self.device)
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"input_ids must have shape [1, n] (batch size 1), got "
+                             f"{list(input_ids.shape)}")
+        ids = input_ids[0].to(self.device)
         n = ids.shape[0]
         need = n + max_new_tokens + extra
         if need > self.max_length:
@@ -124,7 +136,7 @@ class EaModel(nn.Module):
         return ids, out
 
     @staticmethod
-    def _first_token(logits: Tensor, sampler: Optional[Sampler]) -> int:
+    def _next_token(logits: Tensor, sampler: Optional[Sampler]) -> int:
         return sampler.sample(sampler.probs(logits)) if sampler else int(logits.argmax())
 
     @torch.inference_mode()
@@ -138,7 +150,7 @@ class EaModel(nn.Module):
         ids, out = self._prefill(input_ids, max_new_tokens, t + 1)
         self.drafter.reset()
         budget = TokenBudget(max_new_tokens, self.stop_ids)
-        root = self._first_token(out.logits[0, -1], sampler)
+        root = self._next_token(out.logits[0, -1], sampler)
         budget.extend([root])
         features = out.aux_hidden  # [1, n, 3H]
         follow = torch.cat((ids[1:], torch.tensor([root], device=ids.device)))
@@ -173,13 +185,13 @@ class EaModel(nn.Module):
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         ids, out = self._prefill(input_ids, max_new_tokens, 0)
         budget = TokenBudget(max_new_tokens, self.stop_ids)
-        budget.extend([self._first_token(out.logits[0, -1], sampler)])
+        budget.extend([self._next_token(out.logits[0, -1], sampler)])
         pos = ids.shape[0]
         while not budget.done:
             tok = torch.tensor([[budget.ids[-1]]], device=ids.device)
             out = self.base(tok, torch.tensor([pos], device=ids.device), pos,
                             causal_mask(pos, 1, ids.device))
-            budget.extend([self._first_token(out.logits[0, -1], sampler)])
+            budget.extend([self._next_token(out.logits[0, -1], sampler)])
             pos += 1
         return self._result(ids, budget, len(budget.ids) - 1, [], None)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelArgs, RopeConfig
+from .config import ConfigError, ModelArgs, RopeConfig
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> Tensor:
@@ -178,6 +178,9 @@ def tree_attention_mask(start: int, tree_mask: Tensor) -> Tensor:
 class LlamaForCausalLM(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
+        if args.num_hidden_layers < 3:
+            raise ConfigError(f"EAGLE-3 reads the inputs of layers 2, L//2 and L-3: the base needs "
+                              f"at least 3 layers, the config has {args.num_hidden_layers}")
         self.args = args
         self.model = LlamaBody(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)

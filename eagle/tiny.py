@@ -85,9 +85,6 @@ class TinySpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Corpus: templated English about varied topics, chat-formatted like Llama-3 instruct data.
-
-# ---------------------------------------------------------------------------------------------
 # Tokenizer: byte-level BPE with Llama-3's pre-tokenizer, then the special tokens after it.
 
 def train_tokenizer(texts: Sequence[str], bpe_vocab: int):

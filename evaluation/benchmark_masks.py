@@ -19,7 +19,6 @@ import logging
 import platform
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -107,15 +106,14 @@ def parse_config(argv: Optional[Sequence[str]]) -> BenchConfig:
 def resolve_target(cfg: BenchConfig) -> tuple:
     """(device, implementation names): the requested ones, or all available on the device.
     Exits with a message naming the choices when one is unknown or cannot run there."""
-    import torch
-
+    from eagle.ea_model import resolve_device
     from eagle.tree.masks import MaskImplUnavailable, available_mask_impls, require_available
 
     try:
-        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(cfg.device or "auto")
         for name in cfg.impls:
             require_available(name, device)
-    except (RuntimeError, ValueError, MaskImplUnavailable) as exc:
+    except (ValueError, MaskImplUnavailable) as exc:
         raise SystemExit(f"benchmark_masks: error: {exc}") from None
     return device, list(cfg.impls) or available_mask_impls(device)
 
@@ -215,22 +213,22 @@ def add_speedups(results: list) -> None:
             r["speedup_vs_rebuild"] = base[r["total_tokens"]] / r["median_ms"]
 
 
-def environment(device) -> dict:
+def environment(device, impls: list[str]) -> dict:
     import torch
 
-    try:
-        triton_version = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        (platform.processor() or platform.machine())
-    return {"device": {"type": device.type, "name": name}, "python": platform.python_version(),
-            "torch": torch.__version__, "triton": triton_version}
+    from eagle.tree.masks import MASK_IMPLS
+
+    from .generate import device_name, package_version
+
+    return {"device": {"type": device.type, "name": device_name(device)},
+            "python": platform.python_version(), "torch": torch.__version__,
+            "triton": package_version("triton"),
+            "implementations": {name: MASK_IMPLS[name].summary for name in impls}}
 
 
 def run(cfg: BenchConfig, device, impls: list[str]) -> dict:
     """Draw trees, check agreement, time every implementation at every size; the JSON report."""
-    report = {**environment(device), "settings": {**asdict(cfg), "device": str(device), "impls": impls},
+    report = {**environment(device, impls), "settings": {**asdict(cfg), "device": str(device), "impls": impls},
               "trees": [],
               "results": []}
     log.info("device %s (%s); implementations: %s", report["device"]["name"], device, ", ".join(impls))

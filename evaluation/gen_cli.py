@@ -220,13 +220,14 @@ def main(method: str, argv: Optional[list[str]] = None, prog: Optional[str] = No
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from eagle.checkpoint import CheckpointError
     from eagle.config import ConfigError
+    from eagle.tree.masks import MaskImplUnavailable
 
     from .answers import AnswerFileError
     from .generate import generate_answers
 
     try:
         generate_answers(GenConfig.from_args(args, method))
-    except (GenError, AnswerFileError, ConfigError, CheckpointError) as exc:
+    except (GenError, AnswerFileError, ConfigError, CheckpointError, MaskImplUnavailable) as exc:
         log.error("%s", exc)
         return 2
     return 0

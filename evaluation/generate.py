@@ -20,6 +20,7 @@ import shortuuid
 import torch
 from tqdm import tqdm
 
+from eagle.ea_model import resolve_device as eagle_device
 from eagle.profiling import ProfileReport
 
 from .answers import AnswerWriter, answered_ids, iter_lines, sort_and_dedup
@@ -54,12 +55,10 @@ def load_questions(path: Path, begin: Optional[int], end: Optional[int]) -> list
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
+    try:
+        return eagle_device(name)
+    except ValueError as exc:
+        raise GenError(f"--device {name}: {exc}") from exc
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -93,13 +92,10 @@ def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
         base, head = build_random(cfg.preset, dtype, device, cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length)
-    model = EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path, cfg.total_token, cfg.depth,
-                                    cfg.top_k, torch_dtype=dtype, device_map=device,
-                                    mask_impl=cfg.mask_impl, max_length=cfg.max_length)
-    if cfg.tokenizer_path:  # re-wrap so that the stop tokens come from this tokenizer
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
-        model = EaModel(model.base, model.head, tree, cfg.mask_impl, tokenizer, cfg.max_length)
-    return model
+    return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path, cfg.total_token, cfg.depth,
+                                   cfg.top_k, torch_dtype=dtype, device_map=device,
+                                   mask_impl=cfg.mask_impl, max_length=cfg.max_length,
+                                   tokenizer_path=cfg.tokenizer_path)
 
 
 def check_tokenizer(model, cfg: GenConfig) -> None:

@@ -76,6 +76,13 @@ def test_config_errors_say_what_to_fix():
         TreeConfig(total_token=1000, depth=2, top_k=3)
     with pytest.raises(ConfigError, match="rope_scaling"):
         RopeConfig(scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ConfigError, match="lacks low_freq_factor"):
+        RopeConfig(scaling={"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192})
+    with pytest.raises(ConfigError, match="at least 3 layers"):
+        from eagle.llama import LlamaForCausalLM
+        LlamaForCausalLM(ModelArgs(vocab_size=8, hidden_size=8, intermediate_size=8,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
     with pytest.raises(ConfigError, match="lacks hidden_size"):
         ModelArgs.from_hf_dict({"vocab_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
                                 "num_attention_heads": 1})

@@ -23,7 +23,10 @@ def select_tree(root: Tensor, scores: Tensor, tokens: Tensor, group_parent: Tens
                 tree: TreeConfig) -> DraftTree:
     """root: [1]; scores/tokens: [N] per candidate; group_parent: [N // top_k] candidate index + 1
     of the parent shared by each group of top_k siblings (0 = the root)."""
-    picked = torch.sort(torch.topk(scores, tree.num_nodes).indices).values  # [T], parents first
+    # best T by score; a stable sort breaks exact ties by candidate index, so a child whose
+    # log-prob rounds to 0 never displaces its (equal-scored) parent
+    best = torch.sort(scores, descending=True, stable=True).indices[:tree.num_nodes]
+    picked = torch.sort(best).values  # [T], parents first
     parent_cand = group_parent[picked // tree.top_k]  # [T] candidate index + 1, 0 = root
     parent_node = torch.searchsorted(picked, parent_cand - 1) + 1  # its node index among picked
     parents = torch.where(parent_cand == 0, torch.zeros_like(parent_node), parent_node)
