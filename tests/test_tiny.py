@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eagle import EaModel
 from eagle.checkpoint import load_base, load_draft
 from eagle.llama import KVCache, causal_mask
-from eagle.tiny import (SPECIAL_TOKENS, TinySpec, base_forward, build, draft_forward, encode_corpus,
-                        main, vocab_map)
+from eagle.tiny import SPECIAL_TOKENS, build, encode_corpus, main
+from eagle.tiny_train import TinySpec, base_forward, draft_forward, vocab_map
 from eagle.tiny_corpus import BOS, EOT, EOT_TEXT, corpus, render_chat
 
 CPU = torch.device("cpu")
