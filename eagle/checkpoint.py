@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .config import ModelArgs
 from .draft import Eagle3Draft
-from .llama import LlamaForCausalLM, Rotary
+from .llama import LlamaForCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,6 @@ def assign_state(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype
         v = state.pop(k)
         cast[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else expected[k].dtype)
     module.load_state_dict(cast, strict=True, assign=True)
-    for sub in module.modules():
-        if isinstance(sub, Rotary):
-            sub.inv_freq = sub.inv_freq_on(device)
 
 
 def load_base(path: Path, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:

@@ -37,18 +37,22 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> Tensor:
 
 
 class Rotary(nn.Module):
+    """cos/sin from float32 inverse frequencies kept per device. They are not a buffer, so dtype
+    casts (`.half()`) and construction on the meta device never touch their precision."""
+
     def __init__(self, rope: RopeConfig, head_dim: int):
         super().__init__()
         self.rope, self.head_dim = rope, head_dim
-        self.register_buffer("inv_freq", rope_inv_freq(rope, head_dim), persistent=False)
+        self._inv_freq: dict[torch.device, Tensor] = {}
 
-    def inv_freq_on(self, device: torch.device) -> Tensor:
-        """Recomputed frequencies, for a module that was built on the meta device."""
-        return rope_inv_freq(self.rope, self.head_dim).to(device)
+    def inv_freq(self, device: torch.device) -> Tensor:
+        if device not in self._inv_freq:
+            self._inv_freq[device] = rope_inv_freq(self.rope, self.head_dim).to(device)
+        return self._inv_freq[device]
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         # positions: [S] -> cos, sin: [S, head_dim], computed in float32 as transformers does
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        freqs = positions.float()[:, None] * self.inv_freq(positions.device)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

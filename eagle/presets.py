@@ -66,8 +66,6 @@ def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: in
     with torch.device(device):
         base = LlamaForCausalLM(base_args).to(dtype)
         head = Eagle3Draft(draft_args).to(dtype)
-    for rotary in (base.rotary, head.rotary):  # .to(dtype) cast the frequencies too
-        rotary.inv_freq = rotary.inv_freq_on(device)
     randomize_(base, seed)
     randomize_(head, seed + 1)
     if draft_args.draft_vocab_size != draft_args.vocab_size:
