@@ -21,7 +21,8 @@
 #   MAX_NEW_TOKEN    new tokens per turn at most                                         [32]
 #   TOTAL_TOKEN DEPTH TOP_K   draft tree                                                 [60 5 10]
 #   TEMPERATURE      0 = greedy                                                          [0.0]
-#   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs    [0]
+#   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs, and
+#                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
 #   OUT_DIR          answers and reports                                                 [runs/mt_bench]
 #   QUESTION_SOURCE  local question.jsonl to copy instead of downloading
 #                    [../shared/mt_bench/question.jsonl when that exists]
@@ -163,6 +164,13 @@ main() {
   [[ $(head -n 1 "$ref") == *'"dtype": "float32"'* ]] && strict=1
   compare "baseline-vs-rebuild" "$OUT_DIR/$MODEL_ID-baseline.jsonl" "$ref" "$strict"
 
+  if [[ $PROFILE == 1 ]]; then
+    local profiles=()
+    for impl in $impls; do profiles+=("$OUT_DIR/$MODEL_ID-ea-$impl.jsonl.profile.json"); done
+    log "step profiles side by side: $OUT_DIR/profile.md (.json, .png)"
+    "$PYTHON" -m evaluation.profile_table "${profiles[@]}" --markdown "$OUT_DIR/profile.md" \
+      --json "$OUT_DIR/profile.json" --plot "$OUT_DIR/profile.png" >/dev/null
+  fi
   log "reports: $OUT_DIR/speed-*.md (.json, .png); $((SECONDS - start)) s in all"
   if (( ${#FAILED[@]} )); then
     log "token ids differ in: ${FAILED[*]}"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from eagle.tree.masks import MASK_IMPLS
-from evaluation import speed
+from evaluation import profile_table, speed
 from evaluation.answers import answer_problem, iter_lines
 from evaluation.gen_cli import main as gen_main
 from evaluation.mt_bench_data import obtain
@@ -89,6 +89,14 @@ def test_profile_report_beside_the_answer_file(rebuild_file):
     assert report["answers"] == QUESTIONS
     assert report["steps"] == sum(a["profile"]["steps"] for a in rows(rebuild_file))
     assert {"tree_mask", "verify_forward", "step_total"} <= set(report["sections"])
+
+
+def test_profile_table_reads_the_report(rebuild_file, tmp_path):
+    out = tmp_path / "profile.json"
+    assert profile_table.main([f"{rebuild_file}.profile.json", "--json", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["label"] == "rebuild" and run["steps"] > 0
+    assert 0 < run["tree_buffers_ms"] < run["ms_per_step"]["step_total"]
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)

@@ -55,6 +55,16 @@ def test_script_answers_load_with_fastchat(default_run):
     assert all(len(answers) == 80 for answers in loaded.values())
 
 
+def test_profile_run_writes_the_side_by_side_table(tiny_ckpt, tmp_path):
+    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "PROFILE": "1",
+                       "QUESTION_END": "2", "MAX_NEW_TOKEN": "8"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / "profile.md").read_text().startswith("| section | rebuild | vectorized |")
+    runs = json.loads((tmp_path / "profile.json").read_text())["runs"]
+    assert [r["steps"] > 0 for r in runs] == [True, True]
+    assert (tmp_path / "profile.png").is_file()
+
+
 def test_unregistered_mask_impl_fails_naming_it(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "MASK_IMPLS": "bogus"},
                       timeout=120)

@@ -1,0 +1,197 @@
+"""Side-by-side per-step breakdown of several `--profile` runs (ANSWER.profile.json files).
+
+One column per run (labelled by its mask implementation), one row per section of a decoding step in
+ms per step and % of the step, plus the tree buffers' share (tree mask + retrieve indices) and the
+speedup over the first run that the tree buffers alone account for: the first run's step with its
+tree-buffer time replaced by this run's. Separate processes also differ in their forward passes
+(launch-bound eager kernels vary from process to process), so this projection isolates what the
+mask implementation itself changes. Outputs: the markdown table (stdout, optionally a file), a JSON
+report and a stacked-bar PNG.
+
+Exit status: 0, or 2 on bad input (the message names the file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a file: make the repository's `evaluation` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+# (section key, row label); the order of a step: draft -> tree buffers -> verify -> accept -> update
+ROWS = (("draft_forward", "draft forward"), ("draft_select", "draft top-k / selection"),
+        ("tree_mask", "tree mask (+ positions)"), ("retrieve_indices", "retrieve indices"),
+        ("verify_forward", "verify forward"), ("posterior", "posterior (acceptance)"),
+        ("kv_update", "KV update"))
+TREE_BUFFERS = ("tree_mask", "retrieve_indices")
+# settings that may differ between the compared runs; any other difference is reported
+VARYING = {"mask_impl", "method"}
+
+
+class ProfileFileError(ValueError):
+    """A profile file that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    path: Path
+    steps: int
+    ms: dict  # section -> ms per step
+    settings: dict
+
+    @property
+    def label(self) -> str:
+        return self.settings.get("mask_impl") or self.path.name
+
+    @property
+    def step_ms(self) -> float:
+        return self.ms["step_total"]
+
+    def pct(self, section: str) -> float:
+        return 100.0 * self.ms[section] / self.step_ms
+
+    @property
+    def tree_buffers_ms(self) -> float:
+        return sum(self.ms.get(s, 0.0) for s in TREE_BUFFERS)
+
+    def projected_speedup(self, reference: "Profile") -> float:
+        """Speedup over `reference` if only the tree-buffer time differed."""
+        step = reference.step_ms - reference.tree_buffers_ms + self.tree_buffers_ms
+        return reference.step_ms / step
+
+    @classmethod
+    def load(cls, path: Path) -> "Profile":
+        try:
+            data = json.loads(path.read_text())
+            sections = data["sections"]
+            ms = {name: float(row["ms_per_step"]) for name, row in sections.items()}
+            steps = int(data["steps"])
+        except OSError as exc:
+            raise ProfileFileError(f"{path}: cannot read ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise ProfileFileError(f"{path}: not JSON ({exc})") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileFileError(f"{path}: not a profile report (written by --profile): "
+                                   f"missing or malformed {exc}") from None
+        if steps < 1 or ms.get("step_total", 0.0) <= 0.0:
+            raise ProfileFileError(f"{path}: no timed steps")
+        return cls(path, steps, ms, data.get("settings", {}))
+
+
+def setting_differences(profiles: list[Profile]) -> list[str]:
+    """Settings other than the mask implementation that differ from the first run's."""
+    first, notes = profiles[0], []
+    for other in profiles[1:]:
+        keys = (set(first.settings) | set(other.settings)) - VARYING
+        notes += [f"{other.path} differs from {first.path} in {k!r}: {first.settings.get(k)!r} vs "
+                  f"{other.settings.get(k)!r}" for k in sorted(keys)
+                  if first.settings.get(k) != other.settings.get(k)]
+    return notes
+
+
+def _cell(p: Profile, section: str) -> str:
+    return f"{p.ms[section]:.2f} ({p.pct(section):.1f}%)" if section in p.ms else "-"
+
+
+def markdown_table(profiles: list[Profile]) -> str:
+    lines = ["| section | " + " | ".join(p.label for p in profiles) + " |",
+             "|---|" + "---:|" * len(profiles)]
+    lines += [f"| {label} | " + " | ".join(_cell(p, key) for p in profiles) + " |"
+              for key, label in ROWS]
+    lines.append("| **step total** | " + " | ".join(f"**{p.step_ms:.2f}**" for p in profiles) + " |")
+    lines.append("| tree buffers (mask + retrieve) | " + " | ".join(
+        f"{p.tree_buffers_ms:.2f} ({100 * p.tree_buffers_ms / p.step_ms:.1f}%)" for p in profiles) + " |")
+    lines.append(f"| speedup from tree buffers alone (vs {profiles[0].label}) | " + " | ".join(
+        f"{p.projected_speedup(profiles[0]):.3f}x" for p in profiles) + " |")
+    lines.append("| steps | " + " | ".join(str(p.steps) for p in profiles) + " |")
+    return "\n".join(lines)
+
+
+def report_dict(profiles: list[Profile], notes: list[str]) -> dict:
+    return {"runs": [{"file": str(p.path), "label": p.label, "steps": p.steps, "ms_per_step": p.ms,
+                      "tree_buffers_ms": p.tree_buffers_ms,
+                      "tree_buffers_pct": 100 * p.tree_buffers_ms / p.step_ms,
+                      "projected_speedup_vs_first": p.projected_speedup(profiles[0]),
+                      "settings": p.settings} for p in profiles],
+            "warnings": notes}
+
+
+def plot(profiles: list[Profile], path: Path) -> None:
+    """Horizontal stacked bars: ms per step by section, one bar per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font cache chatter
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(profiles)))
+    labels = [p.label for p in profiles]
+    left = [0.0] * len(profiles)
+    for key, name in ROWS:
+        widths = [p.ms.get(key, 0.0) for p in profiles]
+        ax.barh(labels, widths, left=left, label=name)
+        left = [a + b for a, b in zip(left, widths)]
+    other = [p.step_ms - done for p, done in zip(profiles, left)]  # untimed glue between sections
+    ax.barh(labels, [max(o, 0.0) for o in other], left=left, color="lightgrey", label="other")
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per decoding step")
+    device = profiles[0].settings.get("device_name", "")
+    ax.set_title(f"Where a step's time goes ({device})" if device else "Where a step's time goes")
+    ax.legend(ncol=4, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.05 * len(profiles)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eagle-profile-table", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Per-step section breakdown of several --profile runs, side by side.",
+        epilog="examples:\n"
+               "  eagle-profile-table runs/tiny-ea-*.jsonl.profile.json\n"
+               "  eagle-profile-table runs/gpu/tt60/*.profile.json --markdown runs/gpu/tt60/profile.md \\\n"
+               "      --json runs/gpu/tt60/profile.json --plot runs/gpu/tt60/profile.png\n")
+    parser.add_argument("profiles", nargs="+", type=Path, metavar="ANSWER.profile.json",
+                        help="profile reports written next to answer files by --profile")
+    outputs = parser.add_argument_group("outputs (the table always goes to stdout)")
+    outputs.add_argument("--markdown", type=Path, metavar="OUT", help="write the table as Markdown")
+    outputs.add_argument("--json", type=Path, metavar="OUT", help="write the numbers as JSON")
+    outputs.add_argument("--plot", type=Path, metavar="PNG", help="stacked-bar chart of a step")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        profiles = [Profile.load(p) for p in args.profiles]
+    except ProfileFileError as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+    notes = setting_differences(profiles)
+    for note in notes:
+        log.warning("%s", note)
+    table = markdown_table(profiles)
+    sys.stdout.write(table + "\n")
+    for path in (args.markdown, args.json, args.plot):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(report_dict(profiles, notes), indent=2) + "\n")
+    if args.plot:
+        plot(profiles, args.plot)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
