@@ -7,6 +7,8 @@ The token embedding is the base model's: the head has none of its own.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -66,18 +68,23 @@ class Drafter:
     """Runs the draft head over accepted tokens and grows a token tree, one call per decoding step.
 
     The head's own KV cache holds one entry per accepted token (the tree levels written after them
-    are scratch and get overwritten next step).
+    are scratch and get overwritten next step). It is allocated by `reset`, on the head's current
+    device and dtype, so a model moved or cast after construction drafts where its weights are.
     """
 
     def __init__(self, head: Eagle3Draft, embed: nn.Embedding, tree: TreeConfig, max_len: int):
         self.head, self.embed, self.tree = head, embed, tree
-        w = head.lm_head.weight
-        a = head.args
-        self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, max_len + tree.depth * tree.top_k,
-                          w.dtype, w.device)
+        self.kv_len = max_len + tree.depth * tree.top_k  # accepted tokens + one step's tree levels
+        self.kv: Optional[KVCache] = None
         self.n_ctx = 0
 
     def reset(self) -> None:
+        """Start a new sequence (allocating the KV cache when it is missing or no longer fits)."""
+        w = self.head.lm_head.weight
+        if self.kv is None or self.kv.data.dtype != w.dtype or self.kv.data.device != w.device:
+            self.kv = None  # free the old buffer before allocating the new one
+            a = self.head.args
+            self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, self.kv_len, w.dtype, w.device)
         self.n_ctx = 0
 
     def step(self, features: Tensor, tokens: Tensor, section: Section) -> DraftTree:

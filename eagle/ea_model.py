@@ -70,11 +70,12 @@ class TokenBudget:
 
 
 class EaModel(nn.Module):
-    def __init__(self, base: LlamaForCausalLM, head: Eagle3Draft, tree: TreeConfig,
+    def __init__(self, base: LlamaForCausalLM, head: Optional[Eagle3Draft], tree: TreeConfig,
                  mask_impl: str = "rebuild", tokenizer=None, max_length: int = 4096):
+        """`head=None`: a base model alone, for `naive_generate` (the baseline)."""
         super().__init__()
-        if head.args.target_hidden_size != base.args.hidden_size or \
-                head.args.vocab_size != base.args.vocab_size:
+        if head is not None and (head.args.target_hidden_size != base.args.hidden_size or
+                                 head.args.vocab_size != base.args.vocab_size):
             raise ConfigError(
                 f"draft head expects hidden {head.args.target_hidden_size} / vocab "
                 f"{head.args.vocab_size}, base has {base.args.hidden_size} / {base.args.vocab_size}")
@@ -82,17 +83,18 @@ class EaModel(nn.Module):
         self.base, self.head, self.tree = base, head, tree
         self.mask_impl, self.tokenizer, self.max_length = mask_impl, tokenizer, max_length
         self.stop_ids = self._stop_ids()
-        self.drafter = Drafter(head, base.model.embed_tokens, tree, max_length)
+        self.drafter = Drafter(head, base.model.embed_tokens, tree, max_length) if head else None
 
     @classmethod
-    def from_pretrained(cls, base_model_path: Union[str, Path], ea_model_path: Union[str, Path],
+    def from_pretrained(cls, base_model_path: Union[str, Path], ea_model_path: Union[str, Path, None],
                         total_token: int = 60, depth: int = 5, top_k: int = 10,
                         torch_dtype: torch.dtype = torch.float16, device_map="auto",
                         mask_impl: str = "rebuild", use_eagle3: bool = True,
                         max_length: int = 4096,
                         tokenizer_path: Union[str, Path, None] = None) -> "EaModel":
         """Load an HF Llama base and an EAGLE-3 head (upstream keyword names); the tokenizer comes
-        from `tokenizer_path`, by default the base model's directory."""
+        from `tokenizer_path`, by default the base model's directory. `ea_model_path=None` loads
+        the base alone (`naive_generate` only)."""
         if not use_eagle3:
             raise ConfigError("only EAGLE-3 draft heads are supported (use_eagle3=True)")
         from transformers import AutoTokenizer
@@ -100,7 +102,7 @@ class EaModel(nn.Module):
         device = resolve_device(device_map)
         tree = TreeConfig(total_token, depth, top_k)
         base = load_base(Path(base_model_path), torch_dtype, device)
-        head = load_draft(Path(ea_model_path), torch_dtype, device)
+        head = load_draft(Path(ea_model_path), torch_dtype, device) if ea_model_path else None
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or base_model_path))
         return cls(base, head, tree, mask_impl, tokenizer, max_length)
 
@@ -144,6 +146,9 @@ class EaModel(nn.Module):
                  top_k: int = 0, max_new_tokens: int = 512, seed: int = 0,
                  profile: bool = False) -> GenerationResult:
         """EAGLE-3 decoding of one prompt ([1, n] ids); returns ids and per-call statistics."""
+        if self.drafter is None:
+            raise ConfigError("this model has no draft head (loaded for the baseline); use "
+                              "naive_generate, or load an EAGLE-3 head to decode with draft trees")
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         prof = StepProfiler(enabled=profile, cuda=self.device.type == "cuda")
         t = self.tree.num_nodes

@@ -58,15 +58,20 @@ def randomize_(module: nn.Module, seed: int, std: float = 0.02) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32) * std)
 
 
-def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
-    """(base, head) with random weights at the preset's shapes."""
+def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: int = 0,
+                 draft: bool = True):
+    """(base, head) with random weights at the preset's shapes; head is None when not `draft`.
+    The base's weights depend only on `seed`, with or without the head."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base_args, draft_args = PRESETS[preset]
     with torch.device(device):
         base = LlamaForCausalLM(base_args).to(dtype)
-        head = Eagle3Draft(draft_args).to(dtype)
     randomize_(base, seed)
+    if not draft:
+        return base.eval(), None
+    with torch.device(device):
+        head = Eagle3Draft(draft_args).to(dtype)
     randomize_(head, seed + 1)
     if draft_args.draft_vocab_size != draft_args.vocab_size:
         d2t, t2d = random_vocab_map(draft_args.draft_vocab_size, draft_args.vocab_size,

@@ -106,9 +106,12 @@ class GenConfig:
         if self.preset is None and not Path(self.base_model_path).is_dir():
             raise GenError(f"--base-model-path {self.base_model_path} is not a directory "
                            f"(or use preset:NAME for random weights)")
-        if self.preset is None and not (self.ea_model_path and Path(self.ea_model_path).is_dir()):
-            raise GenError(f"--ea-model-path {self.ea_model_path} is not a directory; the EAGLE-3 "
-                           f"head is needed (the baseline loads it too, as upstream does)")
+        if self.preset is None and self.method == "eagle" and not self.ea_model_path:
+            raise GenError("--ea-model-path DIR is needed: the EAGLE-3 head to draft with")
+        if self.preset is None and self.ea_model_path and not Path(self.ea_model_path).is_dir():
+            raise GenError(f"--ea-model-path {self.ea_model_path} is not a directory"
+                           + ("" if self.method == "eagle" else " (the baseline does not load it: "
+                              "leave the option out)"))
         if self.tokenizer_path and not Path(self.tokenizer_path).is_dir():
             raise GenError(f"--tokenizer-path {self.tokenizer_path} is not a directory")
         if not self.question_file.is_file():
@@ -145,7 +148,8 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
                    help="HF Llama checkpoint directory, or preset:llama3.1-8b / preset:tiny "
                         "(random weights at real shapes)")
     g.add_argument("--ea-model-path", metavar="DIR",
-                   help="EAGLE-3 draft head directory (unused with a preset)")
+                   help="EAGLE-3 draft head directory (unused with a preset; the baseline "
+                        "accepts it, as upstream's does, and does not load it)")
     g.add_argument("--tokenizer-path", metavar="DIR",
                    help="tokenizer with a Llama-3 chat template (default: the base model's)")
     g.add_argument("--model-id", metavar="NAME", help="model_id written to each answer")

@@ -81,21 +81,23 @@ def device_name(device: torch.device) -> str:
 
 
 def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
-    """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, with a tokenizer."""
+    """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, with a tokenizer.
+    The baseline loads the base model alone: the draft head would only take memory and load time."""
     from transformers import AutoTokenizer
 
     from eagle import EaModel, TreeConfig
     from eagle.presets import build_random
 
+    draft = cfg.method == "eagle"
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
     if cfg.preset is not None:
-        base, head = build_random(cfg.preset, dtype, device, cfg.seed)
+        base, head = build_random(cfg.preset, dtype, device, cfg.seed, draft)
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length)
-    return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path, cfg.total_token, cfg.depth,
-                                   cfg.top_k, torch_dtype=dtype, device_map=device,
-                                   mask_impl=cfg.mask_impl, max_length=cfg.max_length,
-                                   tokenizer_path=cfg.tokenizer_path)
+    return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if draft else None,
+                                   cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
+                                   device_map=device, mask_impl=cfg.mask_impl,
+                                   max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path)
 
 
 def check_tokenizer(model, cfg: GenConfig) -> None:
@@ -127,11 +129,12 @@ def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> di
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
 
+    eagle = cfg.method == "eagle"  # the baseline uses neither a draft head nor a mask builder
     return {
         "method": cfg.method,
-        "mask_impl": cfg.mask_impl if cfg.method == "eagle" else None,
+        "mask_impl": cfg.mask_impl if eagle else None,
         "base_model": cfg.base_model_path if cfg.preset else where(cfg.base_model_path),
-        "draft_model": "preset" if cfg.preset else where(cfg.ea_model_path),
+        "draft_model": ("preset" if cfg.preset else where(cfg.ea_model_path)) if eagle else None,
         "tokenizer": where(cfg.tokenizer_path or cfg.base_model_path),  # a preset always names one
         "preset": cfg.preset,
         "dtype": str(dtype).removeprefix("torch."),

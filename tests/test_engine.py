@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from eagle import EaModel
 from eagle.checkpoint import CheckpointError, load_base, load_draft
+from eagle.config import ConfigError
 from eagle.draft import Drafter
 from eagle.tree.masks import MaskImplUnavailable
 from eagle.tree.select import DraftTree
@@ -195,3 +196,24 @@ def test_unavailable_mask_impl_fails_at_construction(models):
         pytest.skip("triton can run here")
     with pytest.raises(MaskImplUnavailable, match="use one of: rebuild, incremental, vectorized"):
         EaModel(ea.base, ea.head, ea.tree, mask_impl="triton")
+
+
+def test_base_alone_decodes_naively_and_refuses_drafting(models, tiny_ckpt):
+    ea, _ = models
+    plain = EaModel.from_pretrained(tiny_ckpt / "base", None, torch_dtype=torch.float32, device_map="cpu")
+    assert plain.head is None and plain.drafter is None
+    ids = encode(ea.get_tokenizer(), CHAT[1], True)
+    assert plain.naive_generate(ids, max_new_tokens=24).new_token_ids == \
+        ea.naive_generate(ids, max_new_tokens=24).new_token_ids
+    with pytest.raises(ConfigError, match="no draft head"):
+        plain.generate(ids, max_new_tokens=4)
+
+
+def test_cast_after_construction_drafts_in_the_new_dtype(tiny_ckpt):
+    ea = EaModel.from_pretrained(tiny_ckpt / "base", tiny_ckpt / "draft", torch_dtype=torch.float32,
+                                 device_map="cpu")
+    ids = encode(ea.get_tokenizer(), CHAT[2], True)
+    ea.generate(ids, max_new_tokens=4)  # the draft KV cache now exists in float32
+    ea.to(torch.bfloat16)
+    res = ea.generate(ids, max_new_tokens=8)
+    assert ea.drafter.kv.data.dtype == torch.bfloat16 and res.steps >= 1 and res.new_tokens >= 1

@@ -114,9 +114,27 @@ def test_baseline_matches_eagle_in_float32(tiny_ckpt, question_file, answer_dir,
     path = answer_dir / "baseline.jsonl"
     assert generate("baseline", tiny_ckpt, question_file, path) == 0
     base = rows(path)
-    assert all(a["settings"]["method"] == "baseline" and a["settings"]["mask_impl"] is None for a in base)
+    assert all(a["settings"]["method"] == "baseline" and a["settings"]["mask_impl"] is None and
+               a["settings"]["draft_model"] is None for a in base)
     assert all(c["steps"] == [n - 1 for n in c["new_tokens"]] for a in base for c in a["choices"])
     assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file), "--bootstrap", "0"]) == 0
+
+
+def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, answer_dir, monkeypatch,
+                                            tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the baseline loaded the draft head")
+
+    monkeypatch.setattr("eagle.ea_model.load_draft", refuse)
+    path = tmp_path / "baseline.jsonl"
+    argv = ["--base-model-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
+            "--answer-file", str(path), "--question-end", "1", "--max-new-token", str(MAX_NEW),
+            "--device", "cpu"]
+    assert gen_main("baseline", argv) == 0  # no --ea-model-path needed
+    (answer,) = rows(path)
+    with_head = rows(answer_dir / "baseline.jsonl")[0]  # written with --ea-model-path given
+    assert answer["choices"][0]["token_ids"] == with_head["choices"][0]["token_ids"]
+    assert answer["settings"] == with_head["settings"]
 
 
 def test_perturbed_answer_file_is_caught(rebuild_file, tmp_path, caplog, capsys):
@@ -257,6 +275,8 @@ def test_preset_with_borrowed_tokenizer(tiny_ckpt, question_file, tmp_path, monk
     (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--question-file", "/none.jsonl"],
      "eagle-mt-bench-data"),
     (["--base-model-path", "/none", "--ea-model-path", "DRAFT"], "is not a directory"),
+    (["--base-model-path", "BASE"], "--ea-model-path DIR is needed"),
+    (["--base-model-path", "BASE", "--ea-model-path", "/none"], "/none is not a directory"),
     (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--max-new-token", "0"],
      "--max-new-token must be >= 1"),
     (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--total-token", "600"],
@@ -269,6 +289,13 @@ def test_user_errors_exit_2_saying_what_to_fix(argv, message, tiny_ckpt, questio
         argv += ["--question-file", str(question_file)]
     assert gen_main("eagle", argv + ["--answer-file", "/nonexistent/never.jsonl"]) == 2
     assert message in caplog.text
+
+
+def test_baseline_with_a_missing_head_directory_says_it_is_unused(tiny_ckpt, question_file, caplog):
+    argv = ["--base-model-path", str(tiny_ckpt / "base"), "--ea-model-path", "/none",
+            "--question-file", str(question_file), "--answer-file", "/nonexistent/never.jsonl"]
+    assert gen_main("baseline", argv) == 2
+    assert "the baseline does not load it" in caplog.text
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_ckpt, question_file, tmp_path,

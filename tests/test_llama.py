@@ -86,3 +86,11 @@ def test_config_errors_say_what_to_fix():
     with pytest.raises(ConfigError, match="lacks hidden_size"):
         ModelArgs.from_hf_dict({"vocab_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
                                 "num_attention_heads": 1})
+
+
+def test_preset_base_weights_do_not_depend_on_the_head(pair):
+    base, _ = pair
+    alone, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=3, draft=False)
+    assert head is None
+    ours, theirs = base.state_dict(), alone.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
