@@ -68,18 +68,18 @@ class Drafter:
     """Runs the draft head over accepted tokens and grows a token tree, one call per decoding step.
 
     The head's own KV cache holds one entry per accepted token (the tree levels written after them
-    are scratch and get overwritten next step). It is allocated by `reset`, on the head's current
-    device and dtype, so a model moved or cast after construction drafts where its weights are.
+    are scratch and get overwritten next step). `reset` reallocates it when the head has moved to
+    another device or dtype since, so a model moved or cast after construction drafts correctly.
     """
 
     def __init__(self, head: Eagle3Draft, embed: nn.Embedding, tree: TreeConfig, max_len: int):
         self.head, self.embed, self.tree = head, embed, tree
         self.kv_len = max_len + tree.depth * tree.top_k  # accepted tokens + one step's tree levels
         self.kv: Optional[KVCache] = None
-        self.n_ctx = 0
+        self.reset()
 
     def reset(self) -> None:
-        """Start a new sequence (allocating the KV cache when it is missing or no longer fits)."""
+        """Start a new sequence (reallocating the KV cache when it no longer fits the head)."""
         w = self.head.lm_head.weight
         if self.kv is None or self.kv.data.dtype != w.dtype or self.kv.data.device != w.device:
             self.kv = None  # free the old buffer before allocating the new one
