@@ -1,6 +1,7 @@
 """Side-by-side per-step breakdown of several `--profile` runs (ANSWER.profile.json files).
 
-One column per run (labelled by its mask implementation), one row per section of a decoding step in
+One column per run (labelled by its mask implementation, or its file name when an implementation
+appears twice), one row per section of a decoding step in
 ms per step and % of the step, plus the tree buffers' share (tree mask + retrieve indices) and the
 speedup over the first run that the tree buffers alone account for: the first run's step with its
 tree-buffer time replaced by this run's. Separate processes also differ in their forward passes
@@ -16,7 +17,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -46,10 +47,7 @@ class Profile:
     steps: int
     ms: dict  # section -> ms per step
     settings: dict
-
-    @property
-    def label(self) -> str:
-        return self.settings.get("mask_impl") or self.path.name
+    label: str  # the column heading: the mask implementation, or the file name where that repeats
 
     @property
     def step_ms(self) -> float:
@@ -83,7 +81,19 @@ class Profile:
                                    f"missing or malformed {exc}") from None
         if steps < 1 or ms.get("step_total", 0.0) <= 0.0:
             raise ProfileFileError(f"{path}: no timed steps")
-        return cls(path, steps, ms, data.get("settings", {}))
+        settings = data.get("settings", {})
+        return cls(path, steps, ms, settings, settings.get("mask_impl") or run_name(path))
+
+
+def run_name(path: Path) -> str:
+    """runs/x/tiny-ea-rebuild.jsonl.profile.json -> tiny-ea-rebuild"""
+    return path.name.removesuffix(".profile.json").removesuffix(".jsonl")
+
+
+def distinct_labels(profiles: list[Profile]) -> list[Profile]:
+    """Runs of the same implementation (a repeat, say) are told apart by their file names."""
+    labels = [p.label for p in profiles]
+    return [replace(p, label=run_name(p.path)) if labels.count(p.label) > 1 else p for p in profiles]
 
 
 def setting_differences(profiles: list[Profile]) -> list[str]:
@@ -172,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        profiles = [Profile.load(p) for p in args.profiles]
+        profiles = distinct_labels([Profile.load(p) for p in args.profiles])
     except ProfileFileError as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT

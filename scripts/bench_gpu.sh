@@ -8,7 +8,9 @@
 #   bash scripts/bench_gpu.sh mt-bench 128 # the same with a larger tree
 #
 # Environment: OUT_DIR [runs/gpu], QUESTION_END [6], MAX_NEW_TOKEN [128], ITERATIONS [200],
-# PYTHON [python]. Each step writes under OUT_DIR; docs/BENCHMARKS.md quotes those files.
+# REPEAT [0; 1 adds the control runs of run_mt_bench.sh], PYTHON [python]. Each step writes under
+# OUT_DIR (with profile.md/.json/.png, the step profiles side by side); docs/BENCHMARKS.md quotes
+# those files.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

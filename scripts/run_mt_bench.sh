@@ -23,6 +23,9 @@
 #   TEMPERATURE      0 = greedy                                                          [0.0]
 #   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs, and
 #                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
+#   REPEAT           1: a control run: rebuild and the baseline answer once more in new processes,
+#                    compared with their first runs (speed noise between processes; whether
+#                    the outputs reproduce at all: required in float32, reported otherwise)  [0]
 #   OUT_DIR          answers and reports                                                 [runs/mt_bench]
 #   QUESTION_SOURCE  local question.jsonl to copy instead of downloading
 #                    [../shared/mt_bench/question.jsonl when that exists]
@@ -61,6 +64,7 @@ DEPTH=${DEPTH:-5}
 TOP_K=${TOP_K:-10}
 TEMPERATURE=${TEMPERATURE:-0.0}
 PROFILE=${PROFILE:-0}
+REPEAT=${REPEAT:-0}
 OUT_DIR=${OUT_DIR:-runs/mt_bench}
 QUESTION_SOURCE=${QUESTION_SOURCE:-}
 PYTHON=${PYTHON:-python}
@@ -119,16 +123,28 @@ common_args() {
   printf '%s\n' "${args[@]}"
 }
 
+ea_answers() {  # ea_answers IMPL SUFFIX
+  log "EAGLE answers, --mask-impl $1${2:+ ($2)}"
+  "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$1" \
+    --model-id "$MODEL_ID-ea-$1$2" --answer-file "$OUT_DIR/$MODEL_ID-ea-$1$2.jsonl"
+}
+
+baseline_answers() {  # baseline_answers SUFFIX
+  log "baseline answers${1:+ ($1)}"
+  "$PYTHON" -m evaluation.gen_baseline_answer_llama3chat "${args[@]}" \
+    --model-id "$MODEL_ID-baseline$1" --answer-file "$OUT_DIR/$MODEL_ID-baseline$1.jsonl"
+}
+
 FAILED=()
-compare() {  # compare NAME BASELINE OPT STRICT(1/0)
-  local name=$1 base=$2 opt=$3 strict=$4 rc=0
+compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWED WHEN NOT STRICT]
+  local name=$1 base=$2 opt=$3 strict=$4 allowed=${5:-baseline vs EAGLE in reduced precision} rc=0
   log "speed.py: $name"
   "$PYTHON" -m evaluation.speed --baseline "$base" --opt "$opt" --json "$OUT_DIR/speed-$name.json" \
     --markdown "$OUT_DIR/speed-$name.md" --plot "$OUT_DIR/speed-$name.png" || rc=$?
   case $rc in
     0) log "$name: outputs identical" ;;
     1) if [[ $strict == 1 ]]; then FAILED+=("$name"); log "$name: OUTPUTS DIFFER";
-       else log "$name: outputs differ (allowed: baseline vs EAGLE in reduced precision)"; fi ;;
+       else log "$name: outputs differ (allowed: $allowed)"; fi ;;
     *) die "speed.py failed on $name (exit $rc)" ;;
   esac
 }
@@ -149,24 +165,31 @@ main() {
   local profile=()
   [[ $PROFILE == 1 ]] && profile=(--profile)
   for impl in $impls; do
-    log "EAGLE answers, --mask-impl $impl"
-    "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$impl" \
-      --model-id "$MODEL_ID-ea-$impl" --answer-file "$OUT_DIR/$MODEL_ID-ea-$impl.jsonl"
+    ea_answers "$impl" ""
   done
-  log "baseline answers"
-  "$PYTHON" -m evaluation.gen_baseline_answer_llama3chat "${args[@]}" \
-    --model-id "$MODEL_ID-baseline" --answer-file "$OUT_DIR/$MODEL_ID-baseline.jsonl"
+  baseline_answers ""
+  if [[ $REPEAT == 1 ]]; then
+    log "control: rebuild and the baseline once more, in new processes"
+    ea_answers rebuild -repeat
+    baseline_answers -repeat
+  fi
 
-  local ref=$OUT_DIR/$MODEL_ID-ea-rebuild.jsonl strict=0
+  local ref=$OUT_DIR/$MODEL_ID-ea-rebuild.jsonl base=$OUT_DIR/$MODEL_ID-baseline.jsonl strict=0
   for impl in $impls; do
     [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-ea-$impl.jsonl" 1
   done
   [[ $(head -n 1 "$ref") == *'"dtype": "float32"'* ]] && strict=1
-  compare "baseline-vs-rebuild" "$OUT_DIR/$MODEL_ID-baseline.jsonl" "$ref" "$strict"
+  compare "baseline-vs-rebuild" "$base" "$ref" "$strict"
+  if [[ $REPEAT == 1 ]]; then
+    local why="the same command in another process; in reduced precision the GPU kernels need not reproduce bit for bit"
+    compare "rebuild-vs-rebuild-repeat" "$ref" "$OUT_DIR/$MODEL_ID-ea-rebuild-repeat.jsonl" "$strict" "$why"
+    compare "baseline-vs-baseline-repeat" "$base" "$OUT_DIR/$MODEL_ID-baseline-repeat.jsonl" "$strict" "$why"
+  fi
 
   if [[ $PROFILE == 1 ]]; then
     local profiles=()
     for impl in $impls; do profiles+=("$OUT_DIR/$MODEL_ID-ea-$impl.jsonl.profile.json"); done
+    [[ $REPEAT == 1 ]] && profiles+=("$OUT_DIR/$MODEL_ID-ea-rebuild-repeat.jsonl.profile.json")
     log "step profiles side by side: $OUT_DIR/profile.md (.json, .png)"
     "$PYTHON" -m evaluation.profile_table "${profiles[@]}" --markdown "$OUT_DIR/profile.md" \
       --json "$OUT_DIR/profile.json" --plot "$OUT_DIR/profile.png" >/dev/null

@@ -100,3 +100,11 @@ def test_runs_as_a_file(two_runs):
     proc = subprocess.run([sys.executable, str(REPO / "evaluation" / "profile_table.py"),
                            *map(str, two_runs)], capture_output=True, text=True, check=True)
     assert "| verify forward | 20.00 (50.0%) | 18.00 (56.2%) |" in proc.stdout
+
+
+def test_repeated_implementation_is_labelled_by_file(two_runs, tmp_path, capsys):
+    repeat = write_profile(tmp_path / "ea-rebuild-repeat.jsonl.profile.json", "rebuild",
+                           {"tree_mask": 2.0, "step_total": 44.0})
+    assert profile_table.main([str(two_runs[0]), str(two_runs[1]), str(repeat)]) == 0
+    heading = capsys.readouterr().out.splitlines()[0]
+    assert heading == "| section | a | triton | ea-rebuild-repeat |"

@@ -17,7 +17,7 @@ def run_script(env_changes: dict, timeout: float) -> subprocess.CompletedProcess
     env = {k: v for k, v in os.environ.items() if k not in (
         "BASE_MODEL_PATH", "EA_MODEL_PATH", "TOKENIZER_PATH", "MODEL_ID", "MASK_IMPLS", "DEVICE", "DTYPE",
         "QUESTION_BEGIN", "QUESTION_END", "MAX_NEW_TOKEN", "TOTAL_TOKEN", "DEPTH", "TOP_K",
-        "TEMPERATURE", "PROFILE")}
+        "TEMPERATURE", "PROFILE", "REPEAT")}
     env.update(env_changes, PYTHON=sys.executable)
     return subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -55,14 +55,19 @@ def test_script_answers_load_with_fastchat(default_run):
     assert all(len(answers) == 80 for answers in loaded.values())
 
 
-def test_profile_run_writes_the_side_by_side_table(tiny_ckpt, tmp_path):
+def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "PROFILE": "1",
-                       "QUESTION_END": "2", "MAX_NEW_TOKEN": "8"}, timeout=300)
+                       "REPEAT": "1", "QUESTION_END": "2", "MAX_NEW_TOKEN": "8"}, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert (tmp_path / "profile.md").read_text().startswith("| section | rebuild | vectorized |")
+    assert (tmp_path / "profile.md").read_text().startswith(
+        "| section | tiny-ea-rebuild | vectorized | tiny-ea-rebuild-repeat |")
     runs = json.loads((tmp_path / "profile.json").read_text())["runs"]
-    assert [r["steps"] > 0 for r in runs] == [True, True]
+    assert [r["steps"] > 0 for r in runs] == [True, True, True]
     assert (tmp_path / "profile.png").is_file()
+    for name in ("rebuild-vs-rebuild-repeat", "baseline-vs-baseline-repeat"):  # float32: identical
+        report = json.loads((tmp_path / f"speed-{name}.json").read_text())
+        assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 4
+    assert "control: rebuild and the baseline once more" in done.stderr
 
 
 def test_unregistered_mask_impl_fails_naming_it(tiny_ckpt, tmp_path):
