@@ -81,7 +81,7 @@ class Drafter:
     def reset(self) -> None:
         """Start a new sequence (reallocating the KV cache when it no longer fits the head)."""
         w = self.head.lm_head.weight
-        if self.kv is None or self.kv.data.dtype != w.dtype or self.kv.data.device != w.device:
+        if self.kv is None or not self.kv.fits(self.kv_len, w):
             self.kv = None  # free the old buffer before allocating the new one
             a = self.head.args
             self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, self.kv_len, w.dtype, w.device)

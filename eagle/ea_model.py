@@ -83,7 +83,8 @@ class EaModel(nn.Module):
         self.base, self.head, self.tree = base, head, tree
         self.mask_impl, self.tokenizer, self.max_length = mask_impl, tokenizer, max_length
         self.stop_ids = self._stop_ids()
-        self.drafter = Drafter(head, base.model.embed_tokens, tree, max_length) if head else None
+        self.drafter = Drafter(head, base.model.embed_tokens, tree, max_length) \
+            if head is not None else None
 
     @classmethod
     def from_pretrained(cls, base_model_path: Union[str, Path], ea_model_path: Union[str, Path, None],

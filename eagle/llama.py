@@ -124,6 +124,11 @@ class KVCache(nn.Module):
         self.register_buffer("data", torch.zeros(layers, 2, n_kv, max_len, head_dim, dtype=dtype,
                                                  device=device), persistent=False)
 
+    def fits(self, max_len: int, weight: Tensor) -> bool:
+        """Whether this cache holds max_len slots in `weight`'s dtype on its device."""
+        return self.max_len >= max_len and self.data.dtype == weight.dtype and \
+            self.data.device == weight.device
+
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store k/v [1, Hkv, S, D] at slots start..start+S; return the layer's keys/values so far."""
         end = start + k.shape[2]
@@ -198,8 +203,7 @@ class LlamaForCausalLM(nn.Module):
     def setup_cache(self, max_len: int) -> KVCache:
         """(Re)allocate the static cache when its size, dtype or device no longer fits."""
         w = self.lm_head.weight
-        if self.kv is None or self.kv.max_len < max_len or self.kv.data.dtype != w.dtype or \
-                self.kv.data.device != w.device:
+        if self.kv is None or not self.kv.fits(max_len, w):
             self.kv = None  # free the old buffer before allocating the new one
             a = self.args
             self.kv = KVCache(a.num_hidden_layers, a.num_key_value_heads, a.head_dim, max_len,

@@ -129,12 +129,12 @@ def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> di
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
 
-    eagle = cfg.method == "eagle"  # the baseline uses neither a draft head nor a mask builder
+    drafting = cfg.method == "eagle"  # the baseline uses neither a draft head nor a mask builder
     return {
         "method": cfg.method,
-        "mask_impl": cfg.mask_impl if eagle else None,
+        "mask_impl": cfg.mask_impl if drafting else None,
         "base_model": cfg.base_model_path if cfg.preset else where(cfg.base_model_path),
-        "draft_model": ("preset" if cfg.preset else where(cfg.ea_model_path)) if eagle else None,
+        "draft_model": ("preset" if cfg.preset else where(cfg.ea_model_path)) if drafting else None,
         "tokenizer": where(cfg.tokenizer_path or cfg.base_model_path),  # a preset always names one
         "preset": cfg.preset,
         "dtype": str(dtype).removeprefix("torch."),

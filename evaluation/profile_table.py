@@ -9,13 +9,15 @@ tree-buffer time replaced by this run's. Separate processes also differ in their
 mask implementation itself changes. Outputs: the markdown table (stdout, optionally a file), a JSON
 report and a stacked-bar PNG.
 
-Exit status: 0, or 2 on bad input (the message names the file).
+Exit status: 0, or 2 on bad input (the message names the file) or an unusable output path.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,19 +71,24 @@ class Profile:
     def load(cls, path: Path) -> "Profile":
         try:
             data = json.loads(path.read_text())
-            sections = data["sections"]
-            ms = {name: float(row["ms_per_step"]) for name, row in sections.items()}
-            steps = int(data["steps"])
         except OSError as exc:
             raise ProfileFileError(f"{path}: cannot read ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProfileFileError(f"{path}: not JSON ({exc})") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        try:
+            ms = {name: float(row["ms_per_step"]) for name, row in data["sections"].items()}
+            steps = int(data["steps"])
+            settings = data.get("settings") or {}
+            if not isinstance(settings, dict):
+                raise TypeError("settings")
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ProfileFileError(f"{path}: not a profile report (written by --profile): "
                                    f"missing or malformed {exc}") from None
-        if steps < 1 or ms.get("step_total", 0.0) <= 0.0:
-            raise ProfileFileError(f"{path}: no timed steps")
-        settings = data.get("settings", {})
+        if steps < 1 or not 0.0 < ms.get("step_total", 0.0) < math.inf:
+            raise ProfileFileError(f"{path}: no timed steps (steps {steps}, step_total "
+                                   f"{ms.get('step_total')})")
+        if not all(math.isfinite(v) and v >= 0.0 for v in ms.values()):
+            raise ProfileFileError(f"{path}: a section time is negative or not a number")
         return cls(path, steps, ms, settings, settings.get("mask_impl") or run_name(path))
 
 
@@ -91,9 +98,13 @@ def run_name(path: Path) -> str:
 
 
 def distinct_labels(profiles: list[Profile]) -> list[Profile]:
-    """Runs of the same implementation (a repeat, say) are told apart by their file names."""
-    labels = [p.label for p in profiles]
-    return [replace(p, label=run_name(p.path)) if labels.count(p.label) > 1 else p for p in profiles]
+    """Runs of the same implementation (a repeat, say) are told apart by their file names, and
+    by their folders where the file names repeat too."""
+    for name in (run_name, lambda path: f"{path.parent.name}/{run_name(path)}"):
+        labels = [p.label for p in profiles]
+        profiles = [replace(p, label=name(p.path)) if labels.count(p.label) > 1 else p
+                    for p in profiles]
+    return profiles
 
 
 def setting_differences(profiles: list[Profile]) -> list[str]:
@@ -178,9 +189,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_outputs(args: argparse.Namespace) -> Optional[str]:
+    """Why the output paths are unusable (one is an input or another output), or None."""
+    taken = {os.path.realpath(p): "an input" for p in args.profiles}
+    for flag in ("markdown", "json", "plot"):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in taken:
+            return f"--{flag} {path} is {taken[real]}; choose another output path"
+        taken[real] = f"--{flag} too"
+    return None
+
+
+def write_outputs(args: argparse.Namespace, profiles: list[Profile], table: str,
+                  notes: list[str]) -> None:
+    for path in (args.markdown, args.json, args.plot):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(report_dict(profiles, notes), indent=2) + "\n")
+    if args.plot:
+        plot(profiles, args.plot)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    problem = check_outputs(args)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_BAD_INPUT
     try:
         profiles = distinct_labels([Profile.load(p) for p in args.profiles])
     except ProfileFileError as exc:
@@ -191,15 +233,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         log.warning("%s", note)
     table = markdown_table(profiles)
     sys.stdout.write(table + "\n")
-    for path in (args.markdown, args.json, args.plot):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(report_dict(profiles, notes), indent=2) + "\n")
-    if args.plot:
-        plot(profiles, args.plot)
+    try:
+        write_outputs(args, profiles, table, notes)
+    except OSError as exc:
+        log.error("cannot write %s: %s", exc.filename, exc.strerror)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

@@ -150,7 +150,10 @@ compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWE
 }
 
 main() {
-  local start=$SECONDS impl impls args=()
+  local start=$SECONDS impl impls args=() flag
+  for flag in PROFILE REPEAT; do
+    [[ ${!flag} == [01] ]] || die "$flag must be 0 or 1, got '${!flag}'"
+  done
   if [[ $BASE_MODEL_PATH == "$TINY_DIR/base" || ( $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ) ]]; then
     ensure_tiny
   fi
@@ -194,7 +197,9 @@ main() {
     "$PYTHON" -m evaluation.profile_table "${profiles[@]}" --markdown "$OUT_DIR/profile.md" \
       --json "$OUT_DIR/profile.json" --plot "$OUT_DIR/profile.png" >/dev/null
   fi
-  log "reports: $OUT_DIR/speed-*.md (.json, .png); $((SECONDS - start)) s in all"
+  local extra=""
+  [[ $PROFILE == 1 ]] && extra=", $OUT_DIR/profile.md (.json, .png)"
+  log "reports: $OUT_DIR/speed-*.md (.json, .png)$extra; $((SECONDS - start)) s in all"
   if (( ${#FAILED[@]} )); then
     log "token ids differ in: ${FAILED[*]}"
     exit 1

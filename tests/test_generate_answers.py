@@ -120,21 +120,22 @@ def test_baseline_matches_eagle_in_float32(tiny_ckpt, question_file, answer_dir,
     assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file), "--bootstrap", "0"]) == 0
 
 
-def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, answer_dir, monkeypatch,
+def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_file, monkeypatch,
                                             tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("the baseline loaded the draft head")
 
     monkeypatch.setattr("eagle.ea_model.load_draft", refuse)
-    path = tmp_path / "baseline.jsonl"
-    argv = ["--base-model-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
-            "--answer-file", str(path), "--question-end", "1", "--max-new-token", str(MAX_NEW),
-            "--device", "cpu"]
-    assert gen_main("baseline", argv) == 0  # no --ea-model-path needed
-    (answer,) = rows(path)
-    with_head = rows(answer_dir / "baseline.jsonl")[0]  # written with --ea-model-path given
-    assert answer["choices"][0]["token_ids"] == with_head["choices"][0]["token_ids"]
-    assert answer["settings"] == with_head["settings"]
+    common = ["--base-model-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
+              "--question-end", "1", "--max-new-token", str(MAX_NEW), "--device", "cpu"]
+    with_path, without = tmp_path / "with.jsonl", tmp_path / "without.jsonl"
+    assert gen_main("baseline", common + ["--ea-model-path", str(tiny_ckpt / "draft"),
+                                          "--answer-file", str(with_path)]) == 0
+    assert gen_main("baseline", common + ["--answer-file", str(without)]) == 0  # no head needed
+    (a,), (b,) = rows(with_path), rows(without)
+    assert a["settings"] == b["settings"] and a["settings"]["draft_model"] is None
+    eagle_ids = rows(rebuild_file)[0]["choices"][0]["token_ids"]  # float32: the same tokens
+    assert a["choices"][0]["token_ids"] == b["choices"][0]["token_ids"] == eagle_ids
 
 
 def test_perturbed_answer_file_is_caught(rebuild_file, tmp_path, caplog, capsys):

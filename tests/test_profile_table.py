@@ -108,3 +108,39 @@ def test_repeated_implementation_is_labelled_by_file(two_runs, tmp_path, capsys)
     assert profile_table.main([str(two_runs[0]), str(two_runs[1]), str(repeat)]) == 0
     heading = capsys.readouterr().out.splitlines()[0]
     assert heading == "| section | a | triton | ea-rebuild-repeat |"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"steps": 3, "sections": []}', "not a profile report"),
+    ('{"steps": 3, "settings": 5, "sections": {"step_total": {"ms_per_step": 1.0}}}',
+     "not a profile report"),
+    ('{"steps": 3, "sections": {"step_total": {"ms_per_step": NaN}}}', "no timed steps"),
+    ('{"steps": 3, "sections": {"step_total": {"ms_per_step": 1.0}, "tree_mask": {"ms_per_step": -1}}}',
+     "negative or not a number"),
+])
+def test_malformed_reports_are_refused(tmp_path, caplog, content, message):
+    bad = tmp_path / "bad.profile.json"
+    bad.write_text(content)
+    with caplog.at_level(logging.ERROR):
+        assert profile_table.main([str(bad)]) == profile_table.EXIT_BAD_INPUT
+    assert any(message in r.getMessage() for r in caplog.records)
+
+
+def test_unusable_output_paths_exit_2(two_runs, tmp_path, caplog):
+    inputs = [str(p) for p in two_runs]
+    with caplog.at_level(logging.ERROR):
+        assert profile_table.main(inputs + ["--json", inputs[0]]) == profile_table.EXIT_BAD_INPUT
+        assert profile_table.main(inputs + ["--markdown", str(tmp_path)]) == profile_table.EXIT_BAD_INPUT
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "is an input" in messages and f"cannot write {tmp_path}" in messages
+    assert json.loads(two_runs[0].read_text())["steps"] == 10  # the input is untouched
+
+
+def test_same_file_names_in_other_folders_are_labelled_by_folder(tmp_path, capsys):
+    paths = []
+    for folder in ("tt60", "tt128"):
+        (tmp_path / folder).mkdir()
+        paths.append(write_profile(tmp_path / folder / "ea-rebuild.jsonl.profile.json", "rebuild",
+                                   {"tree_mask": 1.0, "step_total": 40.0}))
+    assert profile_table.main([str(p) for p in paths]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "| section | tt60/ea-rebuild | tt128/ea-rebuild |"

@@ -70,6 +70,13 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
     assert "control: rebuild and the baseline once more" in done.stderr
 
 
+def test_flag_other_than_0_or_1_is_refused(tiny_ckpt, tmp_path):
+    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "REPEAT": "yes"},
+                      timeout=60)
+    assert done.returncode == 2 and "REPEAT must be 0 or 1, got 'yes'" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_unregistered_mask_impl_fails_naming_it(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "MASK_IMPLS": "bogus"},
                       timeout=120)
