@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -191,16 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_outputs(args: argparse.Namespace) -> Optional[str]:
     """Why the output paths are unusable (one is an input or another output), or None."""
-    taken = {os.path.realpath(p): "an input" for p in args.profiles}
-    for flag in ("markdown", "json", "plot"):
-        path = getattr(args, flag)
-        if path is None:
-            continue
-        real = os.path.realpath(path)
-        if real in taken:
-            return f"--{flag} {path} is {taken[real]}; choose another output path"
-        taken[real] = f"--{flag} too"
-    return None
+    from evaluation.output_paths import output_clash
+
+    inputs = {f"input {path}": path for path in args.profiles}
+    return output_clash(inputs, {f"--{flag}": getattr(args, flag)
+                                 for flag in ("markdown", "json", "plot")})
 
 
 def write_outputs(args: argparse.Namespace, profiles: list[Profile], table: str,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -53,16 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_outputs(args: argparse.Namespace) -> Optional[str]:
     """Why the output paths are unusable (one equals an input or another output), or None."""
-    taken = {os.path.realpath(args.baseline): "--baseline", os.path.realpath(args.opt): "--opt"}
-    for flag in ("json", "markdown", "plot"):
-        path = getattr(args, flag)
-        if path is None:
-            continue
-        real = os.path.realpath(path)
-        if real in taken:
-            return f"--{flag} {path} is the same file as {taken[real]}; choose another output path"
-        taken[real] = f"--{flag}"
-    return None
+    from evaluation.output_paths import output_clash
+
+    return output_clash({"--baseline": args.baseline, "--opt": args.opt},
+                        {f"--{flag}": getattr(args, flag) for flag in ("json", "markdown", "plot")})
 
 
 def _fmt(x: Optional[float], spec: str = ".2f") -> str:

@@ -132,7 +132,7 @@ def test_unusable_output_paths_exit_2(two_runs, tmp_path, caplog):
         assert profile_table.main(inputs + ["--json", inputs[0]]) == profile_table.EXIT_BAD_INPUT
         assert profile_table.main(inputs + ["--markdown", str(tmp_path)]) == profile_table.EXIT_BAD_INPUT
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "is an input" in messages and f"cannot write {tmp_path}" in messages
+    assert f"is the same file as input {inputs[0]}" in messages and f"cannot write {tmp_path}" in messages
     assert json.loads(two_runs[0].read_text())["steps"] == 10  # the input is untouched
 
 
