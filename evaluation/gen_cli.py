@@ -15,6 +15,8 @@ from typing import Optional
 
 METHODS = ("eagle", "baseline")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# scaled_dot_product_attention backends; "auto" lets torch choose per call
+ATTENTION_BACKENDS = ("auto", "math", "efficient", "cudnn", "flash")
 PRESET_PREFIX = "preset:"
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class GenConfig:
     device: str = "auto"
     max_length: int = 4096  # static KV cache: prompt + new tokens + tree must fit
     warmup: int = 1  # untimed passes over the first pending question
+    attention_backend: str = "auto"  # pin one to check reproducibility (docs/BENCHMARKS.md §6)
 
     def __post_init__(self) -> None:
         self.answer_file, self.question_file = Path(self.answer_file), Path(self.question_file)
@@ -162,6 +165,10 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
                    help="sampling seed (+ choice index) and a preset's weight seed (default: 0)")
     g.add_argument("--max-length", type=int, default=4096, metavar="N",
                    help="KV cache length: prompt + new tokens + tree must fit (default: 4096)")
+    g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                   help="scaled_dot_product_attention backend for every forward (default: auto, "
+                        "torch chooses); pinning one helps tell kernel choice from a real change "
+                        "when fp16 outputs differ between processes")
 
 
 def _data_group(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +198,7 @@ def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
 
 
 def _tree_group(parser: argparse.ArgumentParser, method: str) -> None:
-    note = "" if method == "eagle" else " (the baseline loads the head but drafts nothing)"
+    note = "" if method == "eagle" else " (recorded, unused by the baseline)"
     g = parser.add_argument_group("draft tree" + note)
     g.add_argument("--total-token", type=int, default=60, metavar="N", help="tree size incl. root (60)")
     g.add_argument("--depth", type=int, default=5, metavar="N", help="draft depth (default: 5)")

@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -100,6 +101,37 @@ def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
                                    max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path)
 
 
+ATTENTION = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+             "flash": "FLASH_ATTENTION"}  # --attention-backend -> torch's SDPBackend member
+
+
+def attention_backend(name: str) -> AbstractContextManager:
+    """A context pinning scaled_dot_product_attention to one backend ("auto": torch chooses)."""
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, ATTENTION[name]))
+
+
+def check_attention_backend(model, cfg: GenConfig) -> None:
+    """Refuse a pinned backend that cannot run the engine's attention here, before any answer."""
+    if cfg.attention_backend == "auto":
+        return
+    w = model.base.lm_head.weight
+    q = torch.zeros(1, 2, 3, model.base.args.head_dim, device=w.device, dtype=w.dtype)  # [1, H, S, D]
+    k = torch.zeros(1, 2, 5, model.base.args.head_dim, device=w.device, dtype=w.dtype)
+    mask = torch.ones(3, 5, dtype=torch.bool, device=w.device)  # boolean, like every engine mask
+    try:
+        with attention_backend(cfg.attention_backend):
+            torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0]
+        raise GenError(f"--attention-backend {cfg.attention_backend} cannot run the engine's "
+                       f"attention on {w.device.type} in {str(w.dtype).removeprefix('torch.')} "
+                       f"({reason}); choose auto or another backend") from None
+
+
 def check_tokenizer(model, cfg: GenConfig) -> None:
     tokenizer = model.tokenizer
     if not getattr(tokenizer, "chat_template", None):
@@ -141,6 +173,7 @@ def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> di
         "total_token": cfg.total_token, "depth": cfg.depth, "top_k": cfg.top_k,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
         "max_new_token": cfg.max_new_token, "max_length": cfg.max_length,
+        "attention_backend": cfg.attention_backend,
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -177,10 +210,11 @@ class Answerer:
                       max_new_tokens=c.max_new_token, seed=seed)
         self._sync()
         start = time.perf_counter()
-        if c.method == "eagle":
-            result = self.model.generate(input_ids, profile=c.profile, **kwargs)
-        else:
-            result = self.model.naive_generate(input_ids, **kwargs)
+        with attention_backend(c.attention_backend):
+            if c.method == "eagle":
+                result = self.model.generate(input_ids, profile=c.profile, **kwargs)
+            else:
+                result = self.model.naive_generate(input_ids, **kwargs)
         self._sync()
         return result, time.perf_counter() - start
 
@@ -245,6 +279,7 @@ def generate_answers(cfg: GenConfig) -> int:
     if pending:
         model = load_model(cfg, device, dtype)
         check_tokenizer(model, cfg)
+        check_attention_backend(model, cfg)
         answerer = Answerer(model, cfg, settings)
         for _ in range(cfg.warmup):  # untimed: first-call allocations, kernel selection, caches
             answerer.answer(pending[0])

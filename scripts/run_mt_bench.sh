@@ -21,6 +21,7 @@
 #   MAX_NEW_TOKEN    new tokens per turn at most                                         [32]
 #   TOTAL_TOKEN DEPTH TOP_K   draft tree                                                 [60 5 10]
 #   TEMPERATURE      0 = greedy                                                          [0.0]
+#   ATTENTION_BACKEND  auto | math | efficient | cudnn | flash: pin the attention kernels  [auto]
 #   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs, and
 #                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
 #   REPEAT           1: a control run: rebuild and the baseline answer once more in new processes,
@@ -63,6 +64,7 @@ TOTAL_TOKEN=${TOTAL_TOKEN:-60}
 DEPTH=${DEPTH:-5}
 TOP_K=${TOP_K:-10}
 TEMPERATURE=${TEMPERATURE:-0.0}
+ATTENTION_BACKEND=${ATTENTION_BACKEND:-auto}
 PROFILE=${PROFILE:-0}
 REPEAT=${REPEAT:-0}
 OUT_DIR=${OUT_DIR:-runs/mt_bench}
@@ -116,7 +118,8 @@ common_args() {
   local args=(--base-model-path "$BASE_MODEL_PATH" --ea-model-path "$EA_MODEL_PATH"
               --question-file "$QUESTION_FILE" --max-new-token "$MAX_NEW_TOKEN"
               --total-token "$TOTAL_TOKEN" --depth "$DEPTH" --top-k "$TOP_K"
-              --temperature "$TEMPERATURE" --device "$DEVICE" --dtype "$DTYPE")
+              --temperature "$TEMPERATURE" --device "$DEVICE" --dtype "$DTYPE"
+              --attention-backend "$ATTENTION_BACKEND")
   [[ -n $TOKENIZER_PATH ]] && args+=(--tokenizer-path "$TOKENIZER_PATH")
   [[ -n $QUESTION_BEGIN ]] && args+=(--question-begin "$QUESTION_BEGIN")
   [[ -n $QUESTION_END ]] && args+=(--question-end "$QUESTION_END")

@@ -138,6 +138,31 @@ def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_f
     assert a["choices"][0]["token_ids"] == b["choices"][0]["token_ids"] == eagle_ids
 
 
+@pytest.mark.parametrize("backend", ["math", "flash"])  # the two with a CPU kernel for boolean masks
+def test_pinned_attention_backend_keeps_float32_tokens(backend, tiny_ckpt, question_file, rebuild_file,
+                                                       tmp_path):
+    path = tmp_path / f"{backend}.jsonl"
+    assert generate("eagle", tiny_ckpt, question_file, path, "--attention-backend", backend) == 0
+    pinned, auto = rows(path), rows(rebuild_file)
+    assert all(a["settings"]["attention_backend"] == backend for a in pinned)
+    assert [a["choices"][0]["token_ids"] for a in pinned] == [a["choices"][0]["token_ids"] for a in auto]
+
+
+def test_attention_backend_without_a_kernel_here_is_refused(tiny_ckpt, question_file, tmp_path, caplog):
+    path = tmp_path / "efficient.jsonl"
+    assert generate("baseline", tiny_ckpt, question_file, path, "--attention-backend", "efficient") == 2
+    assert "--attention-backend efficient cannot run the engine's attention on cpu" in caplog.text
+    assert not path.exists()
+
+
+def test_pinned_attention_backend_is_in_force_while_decoding(tiny_ckpt, question_file, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setattr("evaluation.generate.check_attention_backend", lambda model, cfg: None)
+    with pytest.raises(RuntimeError, match="No viable backend"):  # efficient has no CPU kernel
+        generate("baseline", tiny_ckpt, question_file, tmp_path / "a.jsonl",
+                 "--attention-backend", "efficient")
+
+
 def test_perturbed_answer_file_is_caught(rebuild_file, tmp_path, caplog, capsys):
     answers = rows(rebuild_file)
     ids = answers[1]["choices"][0]["token_ids"][1]

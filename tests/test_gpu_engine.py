@@ -40,3 +40,21 @@ def test_llama31_8b_shape_smoke():
     assert res.new_tokens == 24 and res.profile.ms_per_step("verify_forward") > 0
     naive = model.naive_generate(prompt, max_new_tokens=24)
     assert naive.new_tokens == 24
+
+
+@pytest.mark.parametrize("backend", ["math", "efficient", "cudnn", "flash"])
+def test_pinned_attention_backend_decodes_or_is_refused(backend, tiny_ckpt, tmp_path, caplog):
+    from evaluation.gen_cli import main as gen_main
+
+    question = tmp_path / "q.jsonl"
+    question.write_text('{"question_id": 1, "category": "writing", "turns": ["Hi", "Again"]}\n')
+    answers = tmp_path / "a.jsonl"
+    rc = gen_main("eagle", ["--base-model-path", str(tiny_ckpt / "base"), "--ea-model-path",
+                            str(tiny_ckpt / "draft"), "--question-file", str(question),
+                            "--answer-file", str(answers), "--max-new-token", "16", "--device", "cuda",
+                            "--attention-backend", backend])
+    if backend in ("math", "efficient") or rc != 2:  # these two take any boolean mask
+        assert rc == 0 and backend != "flash"  # flash takes no boolean mask on CUDA
+        assert f'"attention_backend": "{backend}"' in answers.read_text()
+    else:  # no kernel for boolean masks at these shapes: refused before any answer
+        assert f"--attention-backend {backend} cannot run" in caplog.text and not answers.exists()

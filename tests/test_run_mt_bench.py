@@ -17,7 +17,7 @@ def run_script(env_changes: dict, timeout: float) -> subprocess.CompletedProcess
     env = {k: v for k, v in os.environ.items() if k not in (
         "BASE_MODEL_PATH", "EA_MODEL_PATH", "TOKENIZER_PATH", "MODEL_ID", "MASK_IMPLS", "DEVICE", "DTYPE",
         "QUESTION_BEGIN", "QUESTION_END", "MAX_NEW_TOKEN", "TOTAL_TOKEN", "DEPTH", "TOP_K",
-        "TEMPERATURE", "PROFILE", "REPEAT")}
+        "TEMPERATURE", "PROFILE", "REPEAT", "ATTENTION_BACKEND")}
     env.update(env_changes, PYTHON=sys.executable)
     return subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
