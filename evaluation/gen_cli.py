@@ -58,6 +58,11 @@ class GenConfig:
         self.answer_file, self.question_file = Path(self.answer_file), Path(self.question_file)
 
     @property
+    def drafts(self) -> bool:
+        """EAGLE drafts with a head and a mask builder; the baseline loads and uses neither."""
+        return self.method == "eagle"
+
+    @property
     def preset(self) -> Optional[str]:
         if self.base_model_path.startswith(PRESET_PREFIX):
             return self.base_model_path[len(PRESET_PREFIX):]
@@ -109,11 +114,11 @@ class GenConfig:
         if self.preset is None and not Path(self.base_model_path).is_dir():
             raise GenError(f"--base-model-path {self.base_model_path} is not a directory "
                            f"(or use preset:NAME for random weights)")
-        if self.preset is None and self.method == "eagle" and not self.ea_model_path:
+        if self.preset is None and self.drafts and not self.ea_model_path:
             raise GenError("--ea-model-path DIR is needed: the EAGLE-3 head to draft with")
         if self.preset is None and self.ea_model_path and not Path(self.ea_model_path).is_dir():
             raise GenError(f"--ea-model-path {self.ea_model_path} is not a directory"
-                           + ("" if self.method == "eagle" else " (the baseline does not load it: "
+                           + ("" if self.drafts else " (the baseline does not load it: "
                               "leave the option out)"))
         if self.tokenizer_path and not Path(self.tokenizer_path).is_dir():
             raise GenError(f"--tokenizer-path {self.tokenizer_path} is not a directory")

@@ -89,13 +89,12 @@ def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
     from eagle import EaModel, TreeConfig
     from eagle.presets import build_random
 
-    draft = cfg.method == "eagle"
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
     if cfg.preset is not None:
-        base, head = build_random(cfg.preset, dtype, device, cfg.seed, draft)
+        base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length)
-    return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if draft else None,
+    return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
                                    max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path)
@@ -161,12 +160,11 @@ def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> di
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
 
-    drafting = cfg.method == "eagle"  # the baseline uses neither a draft head nor a mask builder
     return {
         "method": cfg.method,
-        "mask_impl": cfg.mask_impl if drafting else None,
+        "mask_impl": cfg.mask_impl if cfg.drafts else None,
         "base_model": cfg.base_model_path if cfg.preset else where(cfg.base_model_path),
-        "draft_model": ("preset" if cfg.preset else where(cfg.ea_model_path)) if drafting else None,
+        "draft_model": ("preset" if cfg.preset else where(cfg.ea_model_path)) if cfg.drafts else None,
         "tokenizer": where(cfg.tokenizer_path or cfg.base_model_path),  # a preset always names one
         "preset": cfg.preset,
         "dtype": str(dtype).removeprefix("torch."),
@@ -211,7 +209,7 @@ class Answerer:
         self._sync()
         start = time.perf_counter()
         with attention_backend(c.attention_backend):
-            if c.method == "eagle":
+            if c.drafts:
                 result = self.model.generate(input_ids, profile=c.profile, **kwargs)
             else:
                 result = self.model.naive_generate(input_ids, **kwargs)
