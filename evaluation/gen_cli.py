@@ -4,9 +4,10 @@ Nothing heavy is imported at module level, so `--help` is instant; `GenConfig.va
 engine's registries to check the mask implementation and preset names, and `main` imports the
 generation loop (torch, transformers) only after the arguments parsed.
 
-`python -m evaluation.gen_cli [EAGLE GENERATOR OPTIONS]` checks every setting that needs no files
-(numbers, names, device, mask implementations and attention backend available here) and exits 0, or
-2 with the message: scripts run it before they build checkpoints or fetch questions.
+`check_main` (`python -m evaluation.check_settings [EAGLE GENERATOR OPTIONS]`) checks every setting
+that needs no files (numbers, names, device, mask implementations and attention backend available
+here) and exits 0, or 2 with the message: scripts run it before they build checkpoints or fetch
+questions.
 """
 from __future__ import annotations
 
@@ -340,8 +341,8 @@ def main(method: str, argv: Optional[list[str]] = None, prog: Optional[str] = No
 
 
 def check_main(argv: Optional[list[str]] = None) -> int:
-    """`python -m evaluation.gen_cli OPTIONS`: the settings checks that need no files; 0 or 2."""
-    args = build_parser("eagle", "python -m evaluation.gen_cli").parse_args(argv)
+    """`python -m evaluation.check_settings OPTIONS`: the settings checks that need no files; 0 or 2."""
+    args = build_parser("eagle", "python -m evaluation.check_settings").parse_args(argv)
     from eagle.config import ConfigError
     from eagle.tree.masks import MaskImplUnavailable
 
@@ -354,6 +355,3 @@ def check_main(argv: Optional[list[str]] = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(check_main())

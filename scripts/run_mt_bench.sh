@@ -149,7 +149,7 @@ compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWE
 }
 
 check_settings() {  # every setting, before anything is built, fetched or loaded
-  "$PYTHON" -m evaluation.gen_cli "${args[@]}" --mask-impl "$1" --with-baseline \
+  "$PYTHON" -m evaluation.check_settings "${args[@]}" --mask-impl "$1" --with-baseline \
     --answer-file "$OUT_DIR/$MODEL_ID-{impl}.jsonl" || die "settings refused (see above); nothing was run"
 }
 
