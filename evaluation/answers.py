@@ -27,7 +27,8 @@ TURN_FIELDS = ("turns", "new_tokens", "wall_time", "idxs", "decoding_steps")  # 
 DETAIL_FIELDS = ("token_ids", "accepted_drafts")  # ours: one list per turn
 OLD_FORMAT = ("this answer was written in the format before the standard Spec-Bench/EAGLE fields "
               "(per-turn 'steps' and nested 'accept_lengths'); regenerate it: delete the file and "
-              "rerun the generator command that wrote it")
+              "rerun the generator command that wrote it, or convert it exactly with "
+              "`python -m evaluation.upgrade_answers FILE`")
 
 
 def drafts(settings: dict) -> bool:
