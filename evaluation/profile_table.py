@@ -145,15 +145,15 @@ def report_dict(profiles: list[Profile], notes: list[str]) -> dict:
             "warnings": notes}
 
 
-def plot(profiles: list[Profile], path: Path) -> None:
-    """Horizontal stacked bars: ms per step by section, one bar per run."""
-    import matplotlib
+def step_figure(profiles: list[Profile]):
+    """Horizontal stacked bars: ms per step by section, one bar per run; the legend beside the
+    axes, clear of the x label."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-    matplotlib.use("Agg")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font cache chatter
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(profiles)))
+    fig = Figure(figsize=(9, 1.2 + 0.6 * len(profiles)))
+    ax = fig.subplots()
     labels = [p.label for p in profiles]
     left = [0.0] * len(profiles)
     for key, name in ROWS:
@@ -166,10 +166,13 @@ def plot(profiles: list[Profile], path: Path) -> None:
     ax.set_xlabel("ms per decoding step")
     device = profiles[0].settings.get("device_name", "")
     ax.set_title(f"Where a step's time goes ({device})" if device else "Where a step's time goes")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: clear of the x label
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def plot(profiles: list[Profile], path: Path) -> None:
+    step_figure(profiles).savefig(path, dpi=120, bbox_inches="tight")
 
 
 def build_parser() -> argparse.ArgumentParser:

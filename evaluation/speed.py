@@ -167,19 +167,18 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines + ["", report["verdict"]]) + "\n"
 
 
-def plot_categories(report: dict, path: Path) -> None:
+def category_figure(report: dict):
     """Per-category speedup bars with their 95% CIs as error bars; the overall speedup and CI."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-    matplotlib.use("Agg")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font cache chatter
-    import matplotlib.pyplot as plt
 
     cats, overall = report["categories"], report["speedup"]
     values = [c["speedup"] for c in cats]
     errors = [[v - c["ci95"][0] if c["ci95"] else 0.0 for v, c in zip(values, cats)],
               [c["ci95"][1] - v if c["ci95"] else 0.0 for v, c in zip(values, cats)]]  # [2, C]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     ax.bar([c["category"] for c in cats], values, yerr=errors, capsize=4, color="tab:blue",
            ecolor="black", label="category (95% CI)")
     ax.axhline(1.0, color="grey", linewidth=1)
@@ -192,8 +191,11 @@ def plot_categories(report: dict, path: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def plot_categories(report: dict, path: Path) -> None:
+    category_figure(report).savefig(path, dpi=120, bbox_inches="tight")
 
 
 def write_outputs(args: argparse.Namespace, report: dict, markdown: str) -> None:
