@@ -29,13 +29,17 @@ MAX_LISTED = 20  # mismatches listed in the report; the JSON has them all
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eagle-speed", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Compare two MT-Bench answer files: tokens/s, speedup (bootstrap 95% CI), "
-                    "per-category table, acceptance length and an audit of the generated token ids.",
+        description="Compare two MT-Bench answer files: tokens/s, speedup (bootstrap 95% CI; paired "
+                    "turn by turn when both files come from one interleaved run), per-category "
+                    "table, acceptance length, an audit of the generated token ids, and a closing "
+                    "verdict line.",
         epilog="examples:\n"
                "  eagle-speed --baseline runs/ea-rebuild.jsonl --opt runs/ea-vectorized.jsonl\n"
                "  eagle-speed --baseline runs/baseline.jsonl --opt runs/ea-rebuild.jsonl \\\n"
                "      --json runs/speedup.json --markdown runs/speedup.md --plot runs/speedup.png\n"
-               "exit status: 0 outputs identical, 1 some token ids differ, 2 bad input\n")
+               "  eagle-speed --baseline runs/ea-rebuild.jsonl --opt runs/ea-rebuild-2.jsonl  # A/A\n"
+               "exit status: 0 outputs identical, 1 some token ids differ, 2 bad input (also the\n"
+               "same file twice, or an output that cannot be written)\n")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--baseline", required=True, type=Path, metavar="A.jsonl",
                         help="reference answer file (baseline or EAGLE run)")
