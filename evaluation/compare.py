@@ -256,3 +256,12 @@ def compare(base: Run, opt: Run, resamples: int = 2000, seed: int = 0) -> dict:
         "audit": audit_result,
         "verdict": verdict_line(speedup, pair["paired"], audit_result),
     }
+
+
+def control_speedup(first: Run, second: Run, resamples: int = 2000, seed: int = 0) -> dict:
+    """The speedup between two runs of the same code: how large drift alone was."""
+    pair = pairing(first, second)
+    qids = pair["paired_questions"] if pair["paired"] else sorted(first.by_qid())
+    s = speedup_of(first, second, qids, pair["paired"], resamples, seed)
+    return {"files": [str(first.path), str(second.path)], "value": s["value"], "ci95": s["ci95"],
+            "method": "paired" if pair["paired"] else "unpaired"}

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reference answer file (baseline or EAGLE run)")
     inputs.add_argument("--opt", required=True, type=Path, metavar="B.jsonl",
                         help="answer file compared against it")
+    inputs.add_argument("--control", nargs=2, type=Path, metavar=("C1.jsonl", "C2.jsonl"),
+                        help="two runs of the same code in separate processes (e.g. a run and its "
+                             "repeat): their speedup is reported as the size of drift between "
+                             "processes")
     outputs = parser.add_argument_group("outputs (the report always goes to stdout)")
     outputs.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
     outputs.add_argument("--markdown", type=Path, metavar="OUT", help="write the report as Markdown")
@@ -63,7 +67,9 @@ def check_outputs(args: argparse.Namespace) -> Optional[str]:
     extension is no image format), or None."""
     from evaluation.output_paths import output_clash, plot_format_problem
 
-    return output_clash({"--baseline": args.baseline, "--opt": args.opt},
+    inputs = {"--baseline": args.baseline, "--opt": args.opt,
+              **{f"--control {path}": path for path in args.control or ()}}
+    return output_clash(inputs,
                         {f"--{flag}": getattr(args, flag) for flag in ("json", "markdown", "plot")}) \
         or plot_format_problem(args.plot)
 
@@ -122,10 +128,17 @@ def _pairing_lines(report: dict) -> list[str]:
         return [f"Paired: {len(p['paired_questions'])} questions were answered by both files in one "
                 f"interleaved process (run {', '.join(p['run_ids'])}); the speedup is the geometric "
                 f"mean of per-turn throughput ratios, its CI resamples questions{extra}."]
-    return [f"**Unpaired: these files come from separate processes.** Drift between the two runs "
-            f"(machine load, clocks, process-to-process variation) is not controlled: it is part of "
-            f"the {s['value']:.3f}x and not of its CI, which covers question-to-question variation "
-            f"only. Use one interleaved run (--mask-impl A,B) for a paired comparison."]
+    lines = [f"**Unpaired: these files come from separate processes.** Drift between the two runs "
+             f"(machine load, clocks, process-to-process variation) is not controlled: it is part of "
+             f"the {s['value']:.3f}x and not of its CI, which covers question-to-question variation "
+             f"only. Use one interleaved run (--mask-impl A,B) for a paired comparison."]
+    control = report.get("control")
+    if control:
+        ci = f" (95% CI {control['ci95'][0]:.3f}-{control['ci95'][1]:.3f})" if control["ci95"] else ""
+        lines.append(f"Control pair, the same code twice ({control['method']}; `{control['files'][0]}` "
+                     f"vs `{control['files'][1]}`): {control['value']:.3f}x{ci}; a difference of that "
+                     f"size between separate processes is drift, not code.")
+    return lines
 
 
 def _speedup_line(report: dict) -> str:
@@ -213,7 +226,7 @@ def write_outputs(args: argparse.Namespace, report: dict, markdown: str) -> None
 
 def run(args: argparse.Namespace) -> int:
     from evaluation.answers import AnswerFileError
-    from evaluation.compare import Run, check_comparable, compare
+    from evaluation.compare import Run, check_comparable, compare, control_speedup
     from evaluation.output_paths import OutputError
 
     problem = check_outputs(args) or check_inputs(args)
@@ -223,12 +236,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         base, opt = Run.load(args.baseline), Run.load(args.opt)
         warnings = check_comparable(base, opt)
+        controls = [Run.load(path) for path in args.control or ()]
+        if controls:
+            check_comparable(*controls)
     except AnswerFileError as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT
     for warning in warnings:
         log.warning("%s", warning)
     report = {**compare(base, opt, args.bootstrap, args.seed), "warnings": warnings}
+    if controls:
+        report["control"] = control_speedup(*controls, args.bootstrap, args.seed)
     markdown = render_markdown(report)
     try:
         write_outputs(args, report, markdown)

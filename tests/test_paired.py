@@ -194,3 +194,16 @@ def test_profile_legend_leaves_the_axis_label_visible(tmp_path, runs):
     ax = fig.axes[0]
     label = ax.xaxis.label.get_window_extent(renderer)
     assert ax.xaxis.label.get_text() and not label.overlaps(ax.get_legend().get_window_extent(renderer))
+
+
+def test_a_control_pair_tells_how_large_drift_was(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    a, b = drifting_pair(first, ratio=1.0, interleaved=False)  # the same code twice, b later
+    c, d = drifting_pair(second, ratio=1.1, interleaved=False, seed=1)
+    rc, report = run(c, d, tmp_path, "--control", str(a), str(b))
+    assert rc == 0 and report["control"]["method"] == "unpaired"
+    assert report["control"]["value"] == pytest.approx(1 / 1.5, rel=0.02)
+    out = capsys.readouterr().out
+    assert f"Control pair, the same code twice (unpaired; `{a}` vs `{b}`): 0.6" in out
+    assert "is drift, not code" in out
