@@ -20,7 +20,7 @@ import torch
 
 from eagle.profiling import ProfileReport
 
-from .answers import iter_lines, sort_and_dedup
+from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
 from .gen_cli import GenConfig, GenError, Member
@@ -186,8 +186,7 @@ class Conversation:
     def __init__(self, answerer: Answerer, index: int):
         self.answerer, self.index = answerer, index
         self.messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        self.out = {"index": index, "turns": [], "new_tokens": [], "wall_time": [], "steps": [],
-                    "accept_lengths": [], "token_ids": []}
+        self.out = new_choice(index)
         self.profile: Optional[ProfileReport] = None
 
     def turn(self, user_turn: str) -> None:
@@ -196,11 +195,7 @@ class Conversation:
         result, seconds = a._generate(a._prompt_ids(self.messages), a.cfg.seed + self.index)
         text = answer_text(a.tokenizer, result.new_token_ids, a.model.stop_ids)
         self.messages.append({"role": "assistant", "content": text})
-        for key, value in (("turns", text), ("new_tokens", result.new_tokens),
-                           ("wall_time", seconds), ("steps", result.steps),
-                           ("accept_lengths", list(result.accept_lengths)),
-                           ("token_ids", list(result.new_token_ids))):
-            self.out[key].append(value)
+        add_turn(self.out, text, result.new_token_ids, result.accept_lengths, seconds, a.cfg.drafts)
         if result.profile is not None:
             self.profile = result.profile if self.profile is None else self.profile.merge(result.profile)
 

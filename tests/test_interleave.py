@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluation import speed
 from evaluation.answers import answer_problem, iter_lines
 from evaluation.code_version import source_fingerprint
 from evaluation.gen_cli import Member, main as gen_main, member_labels
@@ -45,7 +46,7 @@ def rows(path: Path) -> list[dict]:
 
 
 def ids(path: Path) -> list:
-    return [[c["token_ids"] for c in a["choices"]] for a in rows(path)]
+    return [[c["detail"]["token_ids"] for c in a["choices"]] for a in rows(path)]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,22 @@ def test_interleaved_run_writes_one_plain_file_per_member(trio):
     assert ids(files["rebuild"]) == ids(files["vectorized"]) == ids(files["baseline"])  # float32
     assert Path(f"{files['rebuild']}.profile.json").is_file()
     assert not Path(f"{files['baseline']}.profile.json").exists()
+
+
+def test_interleaved_files_pair_in_speed_py_and_load_in_fastchat(trio, tmp_path):
+    from test_generate_answers import load_model_answers
+
+    loaded = load_model_answers()(str(trio))
+    assert set(loaded) == {"ea-rebuild", "ea-vectorized", "ea-baseline"}
+    assert all(answers.keys() == {81, 82, 83} for answers in loaded.values())
+    for a, b in (("rebuild", "vectorized"), ("baseline", "rebuild"), ("baseline", "vectorized")):
+        out = tmp_path / f"{a}-{b}.json"
+        assert speed.main(["--baseline", str(trio / f"ea-{a}.jsonl"), "--opt",
+                           str(trio / f"ea-{b}.jsonl"), "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["pairing"]["paired"] and report["pairing"]["paired_questions"] == [81, 82, 83]
+        assert report["speedup"]["method"] == "paired"
+        assert (report["audit"]["turns"], report["audit"]["differing"]) == (6, 0)
 
 
 def test_baseline_member_settings_are_the_baseline_generators(trio, tiny_ckpt, question_file,

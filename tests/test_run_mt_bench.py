@@ -37,7 +37,7 @@ def default_run(tiny_ckpt, tmp_path_factory):
 def test_no_argument_run_reports_identical_outputs(default_run):
     out, done = default_run
     assert "all compared outputs identical" in done.stderr
-    assert done.stdout.count("**outputs identical**") == 4  # each report, then the summary
+    assert done.stdout.count("**outputs identical**") == 2
     for name in ("rebuild-vs-vectorized", "baseline-vs-rebuild"):
         report = json.loads((out / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 160
@@ -57,6 +57,7 @@ def test_the_last_lines_summarise_each_pair(default_run):
     for line, name in zip(last, ("rebuild-vs-vectorized", "baseline-vs-rebuild")):
         report = (out / f"speed-{name}.txt").read_text().rstrip("\n").splitlines()
         assert line == f"{name}: {report[-1]}"
+        assert line.startswith(f"{name}: verdict: ") and "paired" in line and "unpaired" not in line
 
 
 @pytest.mark.slow
