@@ -55,6 +55,26 @@ def load_questions(path: Path, begin: Optional[int], end: Optional[int]) -> list
     return selected
 
 
+def check_lengths(tokenizer, cfg: GenConfig, questions: list[dict]) -> None:
+    """Refuse a --max-length that a conversation could outgrow: its last turn's prompt (every user
+    turn, each earlier reply at most --max-new-token tokens) + the new tokens + the draft tree."""
+    tree = cfg.total_token if cfg.drafts else 0
+    for question in questions:
+        turns = question["turns"]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for turn in turns[:-1]:
+            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": ""}]
+        messages.append({"role": "user", "content": turns[-1]})
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        need = (len(tokenizer(prompt, add_special_tokens=False).input_ids)
+                + len(turns) * cfg.max_new_token + tree)
+        if need > cfg.max_length:
+            raise GenError(f"question {question['question_id']} may need {need} positions (prompts, "
+                           f"{len(turns)} x --max-new-token {cfg.max_new_token}"
+                           f"{f', tree {tree}' if tree else ''}), more than --max-length "
+                           f"{cfg.max_length}; raise --max-length or lower --max-new-token")
+
+
 def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, for one member's
     config. The baseline loads the base model alone: the draft head would only take memory and
@@ -233,6 +253,7 @@ def generate_answers(cfg: GenConfig) -> int:
     if pending:
         tokenizer = load_tokenizer(cfg)
         check_tokenizer(tokenizer, cfg)
+        check_lengths(tokenizer, cfg, [q for _, q in pending])
         try:
             answer_pending(runner, members, runtime, tokenizer, pending, len(questions))
         except KeyboardInterrupt:

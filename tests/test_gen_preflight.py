@@ -57,6 +57,14 @@ def test_unavailable_settings_are_refused_before_loading(extra, message, tiny_ck
     assert not list(tmp_path.iterdir())
 
 
+def test_a_cache_too_short_for_the_conversation_is_refused_before_loading(tiny_ckpt, question_file,
+                                                                         tmp_path, caplog, no_loading):
+    argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", "--max-length", "300",
+                    "--max-new-token", "100")
+    assert gen_main("eagle", argv) == 2
+    assert "question 81 may need" in caplog.text and "more than --max-length 300" in caplog.text
+
+
 def test_several_members_need_the_placeholder(tiny_ckpt, question_file, tmp_path, caplog, no_loading):
     argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", "--mask-impl", "rebuild,vectorized")
     assert gen_main("eagle", argv) == 2
