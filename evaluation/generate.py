@@ -239,7 +239,8 @@ def write_profile_report(answer_file: Path, settings: dict) -> None:
 
 def generate_answers(cfg: GenConfig) -> int:
     """Answer every selected question not yet answered by every member (the runner decides the
-    order); returns the number of answers in each file. Every check runs before the model loads."""
+    order); returns the number of answers in the first member's file (every member's file holds
+    the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
     runtime = check_runtime(cfg)
     check_checkpoints(cfg)
