@@ -84,7 +84,11 @@ def check_inputs(args: argparse.Namespace) -> Optional[str]:
         return None  # reading them names what is missing
     if os.path.realpath(a) == os.path.realpath(b):
         return f"--baseline and --opt are the same file ({a}); compare two runs"
-    if filecmp.cmp(a, b, shallow=False):
+    try:
+        identical = filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return None  # reading them names the problem
+    if identical:
         return (f"--baseline {a} and --opt {b} are byte-identical (a copy, not a second run); "
                 f"compare two runs (an A/A control: --mask-impl X,X in one interleaved run)")
     return None
