@@ -83,20 +83,30 @@ class AnswerFileError(ValueError):
         self.path, self.line = path, line
 
 
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").split("\n")  # only newlines end a JSON line
+    except OSError as exc:
+        raise AnswerFileError(path, None, f"cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AnswerFileError(path, None, f"not UTF-8 text (byte {exc.start}); is this an answer file?") \
+            from None
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; malformed JSON is an `AnswerFileError`."""
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise AnswerFileError(path, number, f"malformed JSON ({exc.msg}, column {exc.colno})") \
-                    from None
-            if not isinstance(obj, dict):
-                raise AnswerFileError(path, number, "expected a JSON object per line")
-            yield number, obj
+    """(line number, object) for each non-blank line; an unreadable file or malformed JSON is an
+    `AnswerFileError`."""
+    for number, text in enumerate(_read_lines(path), start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AnswerFileError(path, number, f"malformed JSON ({exc.msg}, column {exc.colno})") \
+                from None
+        if not isinstance(obj, dict):
+            raise AnswerFileError(path, number, "expected a JSON object per line")
+        yield number, obj
 
 
 def _is_int(x: Any) -> bool:

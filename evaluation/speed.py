@@ -84,7 +84,11 @@ def check_inputs(args: argparse.Namespace) -> Optional[str]:
         return None  # reading them names what is missing
     if os.path.realpath(a) == os.path.realpath(b):
         return f"--baseline and --opt are the same file ({a}); compare two runs"
-    if filecmp.cmp(a, b, shallow=False):
+    try:
+        identical = filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return None  # reading them names the problem
+    if identical:
         return (f"--baseline {a} and --opt {b} are byte-identical (a copy, not a second run); "
                 f"compare two runs (an A/A control: --mask-impl X,X in one interleaved run)")
     return None
@@ -125,13 +129,14 @@ def _pairing_lines(report: dict) -> list[str]:
         left = p["questions"] - len(p["paired_questions"])
         extra = (f"; {left} questions answered in separate processes are left out of the speedup"
                  if left else "")
-        return [f"Paired: {len(p['paired_questions'])} questions were answered by both files in one "
-                f"interleaved process (run {', '.join(p['run_ids'])}); the speedup is the geometric "
-                f"mean of per-turn throughput ratios, its CI resamples questions{extra}."]
-    lines = [f"**Unpaired: these files come from separate processes.** Drift between the two runs "
-             f"(machine load, clocks, process-to-process variation) is not controlled: it is part of "
-             f"the {s['value']:.3f}x and not of its CI, which covers question-to-question variation "
-             f"only. Use one interleaved run (--mask-impl A,B) for a paired comparison."]
+        lines = [f"Paired: {len(p['paired_questions'])} questions were answered by both files in one "
+                 f"interleaved process (run {', '.join(p['run_ids'])}); the speedup is the geometric "
+                 f"mean of per-turn throughput ratios, its CI resamples questions{extra}."]
+    else:
+        lines = [f"**Unpaired: these files come from separate processes.** Drift between the two runs "
+                 f"(machine load, clocks, process-to-process variation) is not controlled: it is part "
+                 f"of the {s['value']:.3f}x and not of its CI, which covers question-to-question "
+                 f"variation only. Use one interleaved run (--mask-impl A,B) for a paired comparison."]
     control = report.get("control")
     if control:
         ci = f" (95% CI {control['ci95'][0]:.3f}-{control['ci95'][1]:.3f})" if control["ci95"] else ""

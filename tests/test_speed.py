@@ -230,3 +230,12 @@ def test_files_in_the_format_before_the_standard_fields_are_refused(tmp_path, ca
     assert run_speed("--baseline", a, "--opt", b) == 2
     assert f"{b}:1: this answer was written in the format before" in caplog.text
     assert "delete the file and rerun the generator command" in caplog.text
+
+
+def test_unreadable_or_binary_input_is_bad_input_not_a_mismatch(pair, tmp_path, caplog):
+    a, _ = pair
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert run_speed("--baseline", a, "--opt", binary) == 2
+    assert f"{binary}: not UTF-8 text" in caplog.text
+    assert run_speed("--baseline", a, "--opt", tmp_path) == 2  # a folder
