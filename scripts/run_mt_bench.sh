@@ -31,8 +31,9 @@
 #                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
 #   REPEAT           1: a control run: rebuild and the baseline answer once more, interleaved, in a
 #                    second process (files *-repeat.jsonl), compared with the first process's
-#                    (unpaired: speed drift between processes; whether the outputs reproduce
-#                    at all: required in float32, reported otherwise)                      [0]
+#                    (unpaired: speed drift between processes, also shown in each A/B report
+#                    as speed.py's --control; whether the outputs reproduce at all: required
+#                    in float32, reported otherwise)                                       [0]
 #   OUT_DIR          answers and reports                                                 [runs/mt_bench]
 #   QUESTION_SOURCE  local question.jsonl to copy instead of downloading
 #                    [../shared/mt_bench/question.jsonl when that exists]
@@ -132,12 +133,15 @@ answers() {  # answers IMPLS SUFFIX: one process, the members interleaved, one f
 }
 
 FAILED=() SUMMARY=()
+CONTROL=()  # REPEAT=1: rebuild and its repeat, the drift between processes, shown in each A/B report
 compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWED WHEN NOT STRICT]
   local name=$1 base=$2 opt=$3 strict=$4 allowed=${5:-baseline vs EAGLE in reduced precision} rc=0
-  local report=$OUT_DIR/speed-$name.txt
+  local report=$OUT_DIR/speed-$name.txt control=()
+  [[ $name == *-repeat ]] || control=("${CONTROL[@]}")
   log "speed.py: $name"
   "$PYTHON" -m evaluation.speed --baseline "$base" --opt "$opt" --json "$OUT_DIR/speed-$name.json" \
-    --markdown "$OUT_DIR/speed-$name.md" --plot "$OUT_DIR/speed-$name.png" >"$report" || rc=$?
+    --markdown "$OUT_DIR/speed-$name.md" --plot "$OUT_DIR/speed-$name.png" "${control[@]}" \
+    >"$report" || rc=$?
   cat "$report"
   case $rc in
     0) log "$name: outputs identical" ;;
@@ -180,6 +184,7 @@ main() {
   fi
 
   local ref=$OUT_DIR/$MODEL_ID-rebuild.jsonl base=$OUT_DIR/$MODEL_ID-baseline.jsonl strict=0
+  [[ $REPEAT == 1 ]] && CONTROL=(--control "$ref" "$OUT_DIR/$MODEL_ID-rebuild-repeat.jsonl")
   for impl in ${impls//,/ }; do
     [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-$impl.jsonl" 1
   done

@@ -82,6 +82,8 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
         report = json.loads((tmp_path / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 4
     assert "control: rebuild and the baseline once more" in done.stderr
+    control = json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["control"]
+    assert [Path(f).name for f in control["files"]] == ["tiny-rebuild.jsonl", "tiny-rebuild-repeat.jsonl"]
     repeat = json.loads((tmp_path / "tiny-rebuild-repeat.jsonl").read_text().splitlines()[0])
     first = json.loads((tmp_path / "tiny-rebuild.jsonl").read_text().splitlines()[0])
     assert repeat["interleave"]["members"] == ["rebuild", "baseline"]
