@@ -25,7 +25,7 @@ LLAMA3_PROMPT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\
                  "<|start_header_id|>user<|end_header_id|>\n\n"
                  "What is the capital of France?<|eot_id|>"
                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
-QUICK = dict(base_steps=5, draft_steps=5)  # format and determinism checks need no real training
+QUICK = dict(base_steps=5, grow_steps=5, draft_steps=5)  # formats and determinism need no training
 
 
 def sha256(path: Path) -> str:
