@@ -1,0 +1,140 @@
+"""The vanilla reference a user would otherwise pick: transformers' own `generate` on the same weights.
+
+Builds the random-weight preset (`eagle.presets`, the same seed as the engine's runs), hands its
+tensors to transformers' `LlamaForCausalLM` (same parameter names, no copy) and decodes MT-Bench
+prompts greedily, by default with a static cache, which transformers compiles (CUDA graphs) on the
+first call. Prompts are built as the answer generator builds them (the tokenizer's chat template,
+the same system prompt, each turn's history holding the previous answer).
+
+Per turn it records new tokens, the wall time of the whole `generate` call (prefill included, the
+device synchronised on both sides: the same definition as the answer files) and the wall time of a
+one-token `generate` on the same prompt, so that decoding alone is (wall - first) / (new - 1) ms a
+token. Warm-up calls (compilation) are excluded and reported.
+
+    python scripts/peer_transformers.py --tokenizer checkpoints/tiny/base \\
+        --question-begin 80 --question-end 90 --max-new-token 256 --out runs/peer.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from eagle.presets import PRESETS, build_random
+from evaluation.generate import SYSTEM_PROMPT, answer_text, load_questions
+
+log = logging.getLogger("peer_transformers")
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="llama3.1-8b", choices=sorted(PRESETS))
+    p.add_argument("--tokenizer", type=Path, required=True, metavar="DIR",
+                   help="tokenizer with a Llama-3 chat template (e.g. the tiny base)")
+    p.add_argument("--question-file", type=Path, default=Path("data/mt_bench/question.jsonl"))
+    p.add_argument("--question-begin", type=int, default=80)
+    p.add_argument("--question-end", type=int, default=90)
+    p.add_argument("--max-new-token", type=int, default=256)
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--cache", default="static", choices=("static", "dynamic"),
+                   help="static: transformers compiles the decoding step (default); dynamic: eager")
+    p.add_argument("--seed", type=int, default=0, help="preset weight seed (the engine's default: 0)")
+    p.add_argument("--out", type=Path, required=True, metavar="JSON")
+    return p.parse_args(argv)
+
+
+def hf_model(preset: str, dtype: torch.dtype, seed: int, device: torch.device):
+    """transformers' Llama holding the preset's random tensors (the same seed gives the same weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base, _ = build_random(preset, dtype, device, seed, draft=False)
+    config = LlamaConfig(**base.args.to_hf_dict(torch_dtype=str(dtype).removeprefix("torch.")))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: no fp32 copy of 8B weights
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.load_state_dict(base.state_dict(), strict=True)
+    return model.eval()
+
+
+def timed_generate(model, ids: torch.Tensor, new: int, cache: str) -> tuple[torch.Tensor, float]:
+    """(new token ids, seconds) of one greedy `generate`, the device synchronised on both sides."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new, do_sample=False, cache_implementation=cache,
+                         pad_token_id=0)
+    torch.cuda.synchronize()
+    return out[0, ids.shape[1]:], time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    model = hf_model(args.preset, getattr(torch, args.dtype), args.seed, torch.device("cuda"))
+    stop_ids = frozenset(model.generation_config.eos_token_id or [])
+    questions = load_questions(args.question_file, args.question_begin, args.question_end)
+    warm = tok.apply_chat_template([{"role": "user", "content": questions[0]["turns"][0]}],
+                                   add_generation_prompt=True, return_tensors="pt", return_dict=False)
+    start = time.perf_counter()
+    for _ in range(2):  # the first static-cache call compiles; the second checks it stays compiled
+        timed_generate(model, warm.cuda(), args.max_new_token, args.cache)
+    warmup_s = time.perf_counter() - start
+    turns = []
+    for q in questions:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for t, text in enumerate(q["turns"]):
+            messages.append({"role": "user", "content": text})
+            ids = tok([tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)],
+                      add_special_tokens=False, return_tensors="pt").input_ids.cuda()
+            new_ids, seconds = timed_generate(model, ids, args.max_new_token, args.cache)
+            _, first = timed_generate(model, ids, 1, args.cache)
+            turns.append({"question_id": q["question_id"], "turn": t + 1, "prompt_tokens": ids.shape[1],
+                          "new_tokens": int(new_ids.numel()), "wall_time": seconds, "first_token": first})
+            messages.append({"role": "assistant",
+                             "content": answer_text(tok, new_ids.tolist(), stop_ids)})
+            log.info("question %s turn %d: %d tokens in %.3f s", q["question_id"], t + 1,
+                     new_ids.numel(), seconds)
+    return summarise(args, turns, warmup_s)
+
+
+def summarise(args: argparse.Namespace, turns: list[dict], warmup_s: float) -> dict:
+    new = sum(t["new_tokens"] for t in turns)
+    wall = sum(t["wall_time"] for t in turns)
+    decode = [(t["wall_time"] - t["first_token"]) / (t["new_tokens"] - 1) for t in turns
+              if t["new_tokens"] > 1]
+    import transformers
+
+    return {"what": f"transformers generate, {args.cache} cache", "preset": args.preset,
+            "dtype": args.dtype, "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "max_new_token": args.max_new_token, "warmup_s": warmup_s,
+            "tokens_per_s": new / wall, "ms_per_token_decode_mean": 1000 * sum(decode) / len(decode),
+            "turns": turns}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        log.error("needs a CUDA device (the reference is timed on the GPU)")
+        return 2
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("%s on %s: %.2f tokens/s, decoding %.2f ms/token (warm-up %.1f s)", report["what"],
+             report["device"], report["tokens_per_s"], report["ms_per_token_decode_mean"],
+             report["warmup_s"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
