@@ -83,6 +83,10 @@ class EaModel(nn.Module):
         if head is not None:
             base.set_aux_layers(aux_layer_inputs(base.args.num_hidden_layers,
                                                  head.args.aux_layer_ids))
+            if head.args.aux_layer_ids:
+                log.info("the head's config names base layers %s (eagle_aux_hidden_state_layer_"
+                         "ids): it reads the inputs of layers %s", list(head.args.aux_layer_ids),
+                         list(base.aux_layers))
         self.base, self.head, self.tree = base, head, tree
         self.mask_impl, self.tokenizer, self.max_length = mask_impl, tokenizer, max_length
         self.stop_ids = self._stop_ids()
