@@ -79,6 +79,7 @@ class Drafter:
         # accepted tokens, one padded step input and one step's tree levels
         self.kv_len = max_len + tree.max_depth + 1 + tree.depth * tree.top_k
         self.kv: Optional[KVCache] = None
+        self.n_ctx: Optional[Tensor] = None  # 0-d int64 on the head's device
         self.reset()
 
     def reset(self) -> None:
@@ -88,6 +89,7 @@ class Drafter:
             self.kv = None  # free the old buffer before allocating the new one
             a = self.head.args
             self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, self.kv_len, w.dtype, w.device)
+        if self.n_ctx is None or self.n_ctx.device != w.device:
             self.n_ctx = torch.zeros((), dtype=torch.long, device=w.device)
         self.n_ctx.zero_()
 

@@ -97,8 +97,8 @@ class EaModel(nn.Module):
         self.attention = attention
         self.graphs = StepGraphs(on_cuda if cuda_graph is None else cuda_graph)
         self.plain_graphs = StepGraphs(self.graphs.enabled)
-        self._eagle_step: Optional[EagleStep] = None
-        self._plain_step: Optional[PlainStep] = None
+        self.eagle_step: Optional[EagleStep] = None
+        self.plain_step: Optional[PlainStep] = None
 
     @classmethod
     def from_pretrained(cls, base_model_path: Union[str, Path], ea_model_path: Union[str, Path, None],
@@ -157,12 +157,12 @@ class EaModel(nn.Module):
     def _next_token(logits: Tensor, sampler: Optional[Sampler]) -> int:
         return sampler.sample(sampler.probs(logits)) if sampler else int(logits.argmax())
 
-    def _fingerprint(self, *buffers: Tensor) -> tuple:
-        """What captured graphs depend on: tensor addresses and the attention backend."""
-        tensors = [*self.parameters(), self.base.kv.data, *buffers]
-        if self.drafter is not None:
-            tensors.append(self.drafter.kv.data)
-        return (resolve_attention(self.attention, self.device), *(t.data_ptr() for t in tensors))
+    def _fingerprint(self, modules: list, tensors: list) -> tuple:
+        """What captured graphs depend on: the addresses and shapes of the weights of `modules`
+        and of `tensors` (caches, step buffers), and the attention backend."""
+        every = [p for m in modules for p in m.parameters()] + tensors
+        return (resolve_attention(self.attention, self.device),
+                *((t.data_ptr(), tuple(t.shape)) for t in every))
 
     def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:
         """Caches, step buffers and (greedy, graphs on) the captured segments, before the prefill.
@@ -170,15 +170,18 @@ class EaModel(nn.Module):
         self.base.setup_cache(self.max_length)
         self.drafter.reset()
         w = self.base.lm_head.weight
-        step = self._eagle_step
+        step = self.eagle_step
         if step is None or step.features.dtype != w.dtype or step.features.device != w.device:
-            step = self._eagle_step = EagleStep(self.base, self.drafter, self.tree, self.mask_impl)
+            step = self.eagle_step = EagleStep(self.base, self.drafter, self.tree, self.mask_impl)
         step.drafter, step.mask_impl = self.drafter, self.mask_impl  # either may be swapped
         fused = self.graphs.enabled and greedy and not profile and \
             get_mask_impl(self.mask_impl).sync_free
         if self.graphs.enabled and greedy:
-            self.graphs.check(self._fingerprint(step.features, step.mask))
-            self.graphs.capture(step.segments(all_windows(self.max_length), fused), step.reset)
+            self.graphs.check(self._fingerprint(
+                [self.base, self.head], [self.base.kv.data, self.drafter.kv.data, self.drafter.n_ctx,
+                                         step.features, step.retrieve]))
+            self.graphs.capture(step.segments(self.graphs, all_windows(self.max_length), fused),
+                                step.reset)
         return step, fused
 
     @torch.inference_mode()
@@ -187,9 +190,11 @@ class EaModel(nn.Module):
                  profile: bool = False) -> GenerationResult:
         """EAGLE-3 decoding of one prompt ([1, n] ids); returns ids and per-call statistics.
 
-        With graphs on, greedy steps after the first replay captured graphs and `profile` times
-        the captured segments (draft, tree buffers, verify) with CUDA events; the first step after
-        the prefill runs eagerly and is left out of the profile."""
+        With graphs on, greedy steps after the first replay captured graphs. `profile` then
+        replays the step per segment (draft, tree buffers, verify forward, posterior, KV update:
+        one graph each, the host part of `rebuild`/`incremental` eager between them) timed with
+        CUDA events; the draft segment holds draft forwards and selection together, and the
+        first step after the prefill runs eagerly, left out of the profile."""
         if self.drafter is None:
             raise ConfigError("this model has no draft head (loaded for the baseline); use "
                               "naive_generate, or load an EAGLE-3 head to decode with draft trees")
@@ -223,11 +228,11 @@ class EaModel(nn.Module):
     def _plain_ready(self, greedy: bool) -> PlainStep:
         self.base.setup_cache(self.max_length)
         w = self.base.lm_head.weight
-        step = self._plain_step
+        step = self.plain_step
         if step is None or step.token.device != w.device:
-            step = self._plain_step = PlainStep(self.base, w.device)
+            step = self.plain_step = PlainStep(self.base, w.device)
         if self.plain_graphs.enabled and greedy:
-            self.plain_graphs.check(self._fingerprint(step.token))
+            self.plain_graphs.check(self._fingerprint([self.base], [self.base.kv.data, step.token]))
             self.plain_graphs.capture({("plain", w): (lambda w=w: step.greedy(w))
                                        for w in all_windows(self.max_length)}, step.reset)
         return step

@@ -120,7 +120,7 @@ class Attention(nn.Module):
         q = q.reshape(1, self.n_kv, rep * s, d)  # head h = g*rep + r -> group g, row r*S + i
         rows = mask if rep == 1 else mask.repeat(rep, 1)  # [rep*S, W]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=rows)  # [1, Hkv, rep*S, D]
-        return self.o_proj(out.view(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
+        return self.o_proj(out.reshape(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
 
 
 class KVCache(nn.Module):

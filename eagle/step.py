@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 from torch import Tensor
 
 from .config import TreeConfig
 from .draft import Drafter
-from .llama import LlamaForCausalLM, causal_mask, tree_attention_mask
+from .llama import BaseOutput, LlamaForCausalLM, causal_mask, tree_attention_mask
 from .tree.masks import Section, build_tree_buffers, get_mask_impl, no_section
 from .verify import GreedyResult, Sampler, accept_sampling, greedy_accept
 
@@ -66,6 +66,7 @@ class StepGraphs:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[Hashable, object] = {}  # what each segment returned while captured
         self.pool = None
         self.fingerprint: Optional[tuple] = None
         self.stats = CaptureStats()
@@ -75,21 +76,25 @@ class StepGraphs:
             if self.graphs:
                 log.info("weights, caches or attention backend changed: recapturing CUDA graphs")
             self.graphs.clear()
+            self.outputs.clear()
             self.pool, self.fingerprint = None, fingerprint
 
-    def run(self, key: Hashable, fn: Callable[[], None]) -> None:
-        if self.enabled:
-            self.graphs[key].replay()
-        else:
-            fn()
+    def run(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+        """Replay the segment's graph and return its (static) outputs, or call `fn` eagerly."""
+        if not self.enabled:
+            return fn()
+        self.graphs[key].replay()
+        return self.outputs[key]
 
-    def capture(self, segments: dict[Hashable, Callable[[], None]], reset: Callable[[], None]) -> None:
-        """Capture every missing segment: `reset` puts the buffers in a valid state, one eager
-        run on a side stream warms up (kernel selection, JIT), then the graph is recorded."""
+    def capture(self, segments: dict[Hashable, Callable[[], Any]], reset: Callable[[], None]) -> None:
+        """Capture every missing segment, in order (a segment may read an earlier one's outputs):
+        `reset` puts the buffers in a valid state, one eager run on a side stream warms up
+        (kernel selection, JIT), then the graph is recorded and replayed once."""
         missing = {k: fn for k, fn in segments.items() if k not in self.graphs}
         if not self.enabled or not missing:
             return
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # so that what stays reserved afterwards is the graphs' pool
         t0, reserved = time.perf_counter(), torch.cuda.memory_reserved()
         for key, fn in missing.items():
             reset()
@@ -101,14 +106,16 @@ class StepGraphs:
             reset()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                fn()
+                self.outputs[key] = fn()
+            graph.replay()  # real outputs for the warm-up of a segment that reads them
             self.pool = graph.pool() if self.pool is None else self.pool
             self.graphs[key] = graph
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         seconds, grown = time.perf_counter() - t0, torch.cuda.memory_reserved() - reserved
         self.stats = CaptureStats(self.stats.graphs + len(missing), self.stats.seconds + seconds,
                                   self.stats.pool_bytes + grown)
-        log.info("captured %d CUDA graphs in %.2f s (%.1f MiB more reserved)", len(missing), seconds,
+        log.info("captured %d CUDA graphs in %.2f s (graph pool: %.1f MiB)", len(missing), seconds,
                  grown / 2 ** 20)
 
 
@@ -183,22 +190,34 @@ class EagleStep:
             c = min(r.shape[1], self.retrieve.shape[1])
             self.retrieve.fill_(-1)[: r.shape[0], :c].copy_(r[:, :c])
 
+    def verify_forward(self, window: int) -> BaseOutput:
+        """The base model over the tree: K/V at slots cache_len.., positions by node depth."""
+        start = self.cache_len
+        return self.base(self.tree_tokens[None], start + self.positions, start,
+                         tree_attention_mask(start, self.mask, window))
+
+    def posterior(self, out: BaseOutput, sampler: Optional[Sampler] = None) -> GreedyResult:
+        logits = out.logits[0]  # [T+1, V]
+        if sampler is None:
+            return greedy_accept(logits, self.tree_tokens, self.retrieve)
+        return self._padded(accept_sampling(logits, self.tree_tokens, self.retrieve, sampler))
+
+    def kv_update(self, out: BaseOutput, res: GreedyResult) -> None:
+        """Accepted nodes' K/V in place after the prefix; the next step's inputs; the length."""
+        self.base.kv.compact(self.cache_len, self.cache_len + res.path)
+        self.features.copy_(out.aux_hidden.index_select(1, res.path))
+        self.tokens.copy_(res.tokens)
+        self.count.copy_(res.count)
+        self.cache_len += res.count
+
     def verify(self, window: int, section: Section = no_section,
                sampler: Optional[Sampler] = None) -> None:
-        start = self.cache_len
         with section("verify_forward"):
-            out = self.base(self.tree_tokens[None], start + self.positions, start,
-                            tree_attention_mask(start, self.mask, window))
+            out = self.verify_forward(window)
         with section("posterior"):
-            logits = out.logits[0]  # [T+1, V]
-            res = greedy_accept(logits, self.tree_tokens, self.retrieve) if sampler is None else \
-                self._padded(accept_sampling(logits, self.tree_tokens, self.retrieve, sampler))
+            res = self.posterior(out, sampler)
         with section("kv_update"):
-            self.base.kv.compact(start, start + res.path)
-            self.features.copy_(out.aux_hidden.index_select(1, res.path))
-            self.tokens.copy_(res.tokens)
-            self.count.copy_(res.count)
-            self.cache_len += res.count
+            self.kv_update(out, res)
 
     def _padded(self, acc) -> GreedyResult:
         """A sampled acceptance (host lists) in the fixed-width device form."""
@@ -213,16 +232,24 @@ class EagleStep:
         self.tree_buffers()
         self.verify(window)
 
-    def segments(self, windows: list[int], fused: bool) -> dict[Hashable, Callable[[], None]]:
-        """The graph segments of this configuration, keyed as `run` looks them up."""
+    def segments(self, graphs: StepGraphs, windows: list[int],
+                 fused: bool) -> dict[Hashable, Callable[[], Any]]:
+        """The graph segments of this configuration, in capture order, keyed as `run` looks them
+        up: the whole step per window (`fused`), else draft, verify forward, posterior and KV
+        update per window (each reading the previous one's captured outputs) and, for a
+        sync-free implementation, the tree buffers."""
         if fused:
             return {("step", self.mask_impl, w): (lambda w=w: self.whole(w)) for w in windows}
-        out: dict[Hashable, Callable[[], None]] = {}
-        for w in windows:
-            out[("draft", w)] = lambda w=w: self.draft(w)
-            out[("verify", w)] = lambda w=w: self.verify(w)
+        out: dict[Hashable, Callable[[], Any]] = {}
         if get_mask_impl(self.mask_impl).sync_free:
             out[("tree", self.mask_impl)] = self.tree_buffers
+        for w in windows:
+            fwd, post = ("verify_forward", w), ("posterior", w)
+            out[("draft", w)] = lambda w=w: self.draft(w)
+            out[fwd] = lambda w=w: self.verify_forward(w)
+            out[post] = lambda fwd=fwd: self.posterior(graphs.outputs[fwd])
+            out[("kv_update", w)] = lambda fwd=fwd, post=post: self.kv_update(graphs.outputs[fwd],
+                                                                              graphs.outputs[post])
         return out
 
     def run(self, graphs: StepGraphs, window: int, section: Section, fused: bool,
@@ -244,8 +271,12 @@ class EagleStep:
                     graphs.run(("tree", self.mask_impl), self.tree_buffers)
             else:
                 self.tree_buffers(section)
-            with section("verify"):
-                graphs.run(("verify", window), lambda: self.verify(window))
+            with section("verify_forward"):
+                out = graphs.run(("verify_forward", window), lambda: self.verify_forward(window))
+            with section("posterior"):
+                res = graphs.run(("posterior", window), lambda: self.posterior(out))
+            with section("kv_update"):
+                graphs.run(("kv_update", window), lambda: self.kv_update(out, res))
 
     def reset(self) -> None:
         """A valid dummy state for warm-up and capture: empty caches, a root-only step input."""

@@ -43,12 +43,12 @@ def greedy_accept(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> GreedyRes
     pred_at = torch.cat((pred, pad))[retrieve]  # [R, C]
     agree = (cand[:, 1:] == pred_at[:, :-1]) & (retrieve[:, 1:] >= 0)  # padding never agrees
     run = agree.long().cumprod(dim=1).sum(dim=1)  # [R]
-    best = run.argmax()  # first row of maximum length
-    length = run[best]
+    best = run.argmax().view(1)  # first row of maximum length (index_select: no host read)
+    length = run.max()
     keep = torch.arange(retrieve.shape[1], device=tokens.device) <= length  # [C]
     zero = torch.zeros_like(keep, dtype=torch.long)
-    return GreedyResult(torch.where(keep, retrieve[best], zero), torch.where(keep, pred_at[best], zero),
-                        length + 1)
+    path, toks = retrieve.index_select(0, best)[0], pred_at.index_select(0, best)[0]
+    return GreedyResult(torch.where(keep, path, zero), torch.where(keep, toks, zero), length + 1)
 
 
 def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptance:
