@@ -27,9 +27,9 @@ class DraftLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start: int, mask: Tensor) -> Tensor:
+    def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start, bias: Tensor) -> Tensor:
         x = torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)  # [1, S, 2H]
-        h = h + self.self_attn(x, cos, sin, kv, 0, start, mask)
+        h = h + self.self_attn(x, cos, sin, kv, 0, start, bias)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -53,7 +53,8 @@ class Eagle3Draft(nn.Module):
         if h.shape[-1] != self.args.hidden_size:
             h = self.fc(h)
         cos, sin = self.rotary(positions, emb.dtype)
-        return self.midlayer(emb, h, cos, sin, kv, start, mask)
+        bias = self.midlayer.self_attn.bias(mask, emb.dtype)  # [rep*S, W]
+        return self.midlayer(emb, h, cos, sin, kv, start, bias)
 
     def log_probs(self, h: Tensor) -> Tensor:
         # h: [..., H] -> [..., draft_vocab]

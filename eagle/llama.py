@@ -107,19 +107,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, args.hidden_size, bias=False)
 
+    def bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """mask: [S, W] bool (True = may attend) -> [rep*S, W] additive bias for the folded query
+        rows (0 or -inf, what SDPA makes of a boolean mask), built once per forward."""
+        rep = self.n_heads // self.n_kv
+        rows = mask if rep == 1 else mask.repeat(rep, 1)
+        bias = torch.zeros(rows.shape, dtype=dtype, device=mask.device)
+        return bias.masked_fill_(~rows, -math.inf)
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int, start: Start,
-                mask: Tensor) -> Tensor:
-        # x: [1, S, in]; mask: [S, W] bool (True = may attend) over cache slots 0..W-1;
+                bias: Tensor) -> Tensor:
+        # x: [1, S, in]; bias: [rep*S, W] from `bias()` over cache slots 0..W-1;
         # start: first slot of the new tokens (an int, or a 0-d device tensor)
         s, rep, d = x.shape[1], self.n_heads // self.n_kv, self.head_dim
         q = self.q_proj(x).view(1, s, self.n_heads, d).transpose(1, 2)  # [1, H, S, D]
         k = self.k_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)  # [1, Hkv, S, D]
         v = self.v_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = kv.write(layer, start, k, v, mask.shape[-1])  # [1, Hkv, W, D] views
+        keys, values = kv.write(layer, start, k, v, bias.shape[-1])  # [1, Hkv, W, D] views
         q = q.reshape(1, self.n_kv, rep * s, d)  # head h = g*rep + r -> group g, row r*S + i
-        rows = mask if rep == 1 else mask.repeat(rep, 1)  # [rep*S, W]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=rows)  # [1, Hkv, rep*S, D]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [1, Hkv, rep*S, D]
         return self.o_proj(out.reshape(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
 
 
@@ -170,8 +177,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv, layer, start, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, mask)
+    def forward(self, x, cos, sin, kv, layer, start, bias):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -240,12 +247,13 @@ class LlamaForCausalLM(nn.Module):
         mask: [S, W] over the cache's first W slots (the attention window)."""
         x = self.model.embed_tokens(input_ids)  # [1, S, H]
         cos, sin = self.rotary(positions, x.dtype)
+        bias = self.model.layers[0].self_attn.bias(mask, x.dtype)  # [rep*S, W], all layers
         aux_at = self.args.aux_layers
         saved = {}
         for i, layer in enumerate(self.model.layers):
             if i in aux_at:
                 saved[i] = x
-            x = layer(x, cos, sin, self.kv, i, start, mask)
+            x = layer(x, cos, sin, self.kv, i, start, bias)
         x = self.model.norm(x[:, -1:] if last_only else x)
         return BaseOutput(self.lm_head(x), torch.cat([saved[i] for i in aux_at], dim=-1))
 

@@ -109,7 +109,7 @@ def check_attention_backend(model, cfg: GenConfig) -> None:
         return
     q = torch.zeros(1, 2, 3, model.base.args.head_dim, device=w.device, dtype=w.dtype)  # [1, H, S, D]
     k = torch.zeros(1, 2, 5, model.base.args.head_dim, device=w.device, dtype=w.dtype)
-    mask = torch.ones(3, 5, dtype=torch.bool, device=w.device)  # boolean, like every engine mask
+    mask = torch.zeros(3, 5, device=w.device, dtype=w.dtype)  # an additive bias, like the engine's
     try:
         with attention_backend(cfg.attention_backend, w.device):
             torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)

@@ -40,6 +40,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k (default: 60,5,10)")
     p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--repeat", type=int, default=3, help="timed calls per figure (median)")
+    p.add_argument("--modes", default="graphs,eager", help="graphs, eager or both (default: both)")
     p.add_argument("--hf", action="store_true", help="also time transformers' static-cache generate")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     return p.parse_args(argv)
@@ -121,7 +122,7 @@ def hf_static(base, prompt: torch.Tensor, args) -> dict:
 def summary(report: dict) -> str:
     lines = [f"{report['device']}, {report['preset']} {report['dtype']}, prompt {report['prompt']}, "
              f"{report['new']} new tokens, tree {report['tree']}"]
-    for mode in ("graphs", "eager"):
+    for mode in [m for m in ("graphs", "eager") if m in report]:
         r = report[mode]
         lines.append(f"[{mode}] plain {r['plain']['ms_per_token']:.2f} ms/token; EAGLE ms/step: " +
                      ", ".join(f"{i} {r[i]['ms_per_step']:.2f}" for i in MASK_IMPLS))
@@ -155,6 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}
     with torch.inference_mode():
         for mode, on in (("graphs", True), ("eager", False)):
+            if mode not in args.modes.split(","):
+                continue
             model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
             report[mode] = bench_engine(model, prompt, args)
             log.info("%s done", mode)
@@ -163,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for impl in MASK_IMPLS:
             again.mask_impl = impl
             repeat[impl] = again.generate(prompt, max_new_tokens=args.new).new_token_ids
-    report["checks"] = checks(report["graphs"], report["eager"], repeat)
+    report["checks"] = checks(report["graphs"], report.get("eager", report["graphs"]), repeat)
     if args.hf:
         report["hf_static"] = hf_static(base, prompt, args)
         report["checks"]["hf_equals_plain"] = report["hf_static"]["tokens"] == \
