@@ -1,21 +1,33 @@
 """Strict loading of Hugging Face Llama checkpoints and EAGLE-3 draft checkpoints.
 
 Both formats: a directory with `config.json` and weights as `model.safetensors`,
-`model.safetensors.index.json` (sharded), `pytorch_model.bin` or `pytorch_model.bin.index.json`.
-A missing, unexpected or mis-shaped tensor is an error that names it.
+`model.safetensors.index.json` (sharded), `pytorch_model.bin` or `pytorch_model.bin.index.json`,
+in any float dtype (cast on loading). A missing, unexpected or mis-shaped tensor is an error that
+names it.
+
+Draft heads come in the layouts they are published in, each handled by name:
+- upstream EAGLE (`LlamaForCausalLM`, often fp32 `pytorch_model.bin`, often no rope fields: rope
+  base 10000 then, as upstream) and SpecForge (`LlamaForCausalLMEagle3`, safetensors);
+- `embed_tokens.weight` in a head as wide as its target (upstream and older SpecForge/TorchSpec
+  save the target's, sometimes a random one): it must have the base embedding's shape and is
+  dropped, the base's embedding is used (as SGLang does);
+- a head whose hidden size differs from its target's (`target_hidden_size`): it embeds tokens
+  itself, so its `embed_tokens.weight` must be there;
+- `eagle_aux_hidden_state_layer_ids` (in `eagle_config` or at the top level): which base layers
+  feed the head, checked against the base in `EaModel` (`config.aux_layer_inputs`).
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from .config import ModelArgs
+from .config import ConfigError, ModelArgs, read_config
 from .draft import Eagle3Draft
 from .llama import LlamaForCausalLM
 
@@ -25,6 +37,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 # Buffers some older checkpoints carry that the model recomputes instead of loading.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Architecture names of EAGLE-3 heads: upstream EAGLE's, SpecForge's.
+DRAFT_ARCHITECTURES = ("LlamaForCausalLM", "LlamaForCausalLMEagle3")
+ROPE_FIELDS = ("rope_theta", "rope_scaling", "rope_parameters")
 
 
 class CheckpointError(ValueError):
@@ -106,19 +121,72 @@ def load_base(path: Path, dtype: torch.dtype, device: torch.device) -> LlamaForC
     return model.eval()
 
 
-def load_draft(path: Path, dtype: torch.dtype, device: torch.device) -> Eagle3Draft:
-    args = ModelArgs.from_json(Path(path) / "config.json")
+def draft_args(cfg: dict, path: Path) -> ModelArgs:
+    """The head's shapes from its config.json, after checking its architecture name."""
+    arch = cfg.get("architectures")
+    if arch is not None and (not isinstance(arch, list) or
+                             any(a not in DRAFT_ARCHITECTURES for a in arch)):
+        raise CheckpointError(f"EAGLE-3 draft {path}: config.json names architectures {arch}; "
+                              f"EAGLE-3 heads are {' or '.join(DRAFT_ARCHITECTURES)}")
+    try:
+        args = ModelArgs.from_hf_dict(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"EAGLE-3 draft {path}: {exc}") from None
     if args.num_hidden_layers != 1:
         log.warning("draft config says num_hidden_layers=%d; EAGLE-3 heads have one layer",
                     args.num_hidden_layers)
+    if not any(k in cfg for k in ROPE_FIELDS):
+        log.info("draft config %s has no rope fields: rope base 10000, no scaling (as upstream "
+                 "EAGLE uses for such a head)", path / "config.json")
+    return args
+
+
+def take_embedding(state: dict[str, Tensor], args: ModelArgs, path: Path,
+                   base_embedding: Optional[Tensor]) -> None:
+    """Handle `embed_tokens.weight` by layout: a wide/narrow head needs its own; in a head as
+    wide as its target a copy must have the base embedding's shape and is dropped."""
+    name, shape = "embed_tokens.weight", (args.vocab_size, args.hidden_size)
+    if args.has_own_embedding:
+        if name not in state:
+            raise CheckpointError(
+                f"EAGLE-3 draft {path}: missing tensors: {name}. Its hidden size "
+                f"{args.hidden_size} differs from its target's (target_hidden_size "
+                f"{args.target_hidden_size}), so it embeds tokens itself: the checkpoint must "
+                f"carry {name} {list(shape)}")
+        return
+    stray = state.pop(name, None)
+    if stray is None:
+        return
+    if tuple(stray.shape) != shape:
+        raise CheckpointError(f"EAGLE-3 draft {path}: mis-shaped tensors: {name}: checkpoint "
+                              f"{tuple(stray.shape)} vs the base embedding's {shape}")
+    if base_embedding is not None and not torch.equal(
+            stray.to(base_embedding.device, base_embedding.dtype), base_embedding):
+        log.warning("EAGLE-3 draft %s carries an %s that differs from the base model's: the "
+                    "head's copy is ignored, the base's embedding is used", path, name)
+    else:
+        log.info("EAGLE-3 draft %s carries %s: the base model's embedding is used", path, name)
+
+
+def load_draft(path: Path, dtype: torch.dtype, device: torch.device,
+               base_embedding: Optional[Tensor] = None) -> Eagle3Draft:
+    """Load an EAGLE-3 head in any of the layouts in this module's docstring. `base_embedding`
+    ([vocab, H], optional) lets the log say whether a stray embedding copy is the base's."""
+    path = Path(path)
+    args = draft_args(read_config(path / "config.json"), path)
     with torch.device("meta"):
         head = Eagle3Draft(args)
     state = read_tensors(weight_files(path), device)
+    if any(k.startswith("layers.") for k in state):
+        raise CheckpointError(f"{path} looks like an EAGLE-1/2 head (tensors layers.*); this "
+                              "engine runs EAGLE-3 heads (midlayer.*, fc from 3 base layers)")
     if args.draft_vocab_size == args.vocab_size and "d2t" not in state and "t2d" not in state:
         state["d2t"] = torch.zeros(args.draft_vocab_size, dtype=torch.long)  # identity mapping
         state["t2d"] = torch.ones(args.vocab_size, dtype=torch.bool)
+    take_embedding(state, args, path, base_embedding)
     check_state(head.state_dict(), state, f"EAGLE-3 draft {path}")
     assign_state(head, state, dtype, device)
-    log.info("loaded EAGLE-3 draft from %s (draft vocab %d of %d)", path, args.draft_vocab_size,
+    log.info("loaded EAGLE-3 draft from %s (hidden %d, target hidden %d, draft vocab %d of %d)",
+             path, args.hidden_size, args.target_hidden_size, args.draft_vocab_size,
              args.vocab_size)
     return head.eval()

@@ -54,6 +54,7 @@ class ModelArgs:
     eos_token_ids: tuple = ()
     draft_vocab_size: int = 0  # draft head only; 0: same as vocab_size
     target_hidden_size: int = 0  # draft head only; 0: same as hidden_size
+    aux_layer_ids: tuple = ()  # draft head only: `eagle_aux_hidden_state_layer_ids`; (): default
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:
@@ -68,15 +69,26 @@ class ModelArgs:
             self.target_hidden_size = self.hidden_size
         if isinstance(self.rope, dict):
             self.rope = RopeConfig(**self.rope)
+        ids = self.aux_layer_ids
+        if ids and (len(ids) != 3 or not all(isinstance(i, int) and not isinstance(i, bool)
+                                             for i in ids)):
+            raise ConfigError(f"eagle_aux_hidden_state_layer_ids must be three integers (the "
+                              f"head's fc reads three base layers), got {list(ids)}")
 
     @property
     def aux_layers(self) -> tuple:
-        """Layers whose *input* hidden states EAGLE-3 feeds the draft: 2, L//2, L-3."""
-        n = self.num_hidden_layers
-        return (2, n // 2, n - 3)
+        """Layers whose *input* hidden states EAGLE-3 feeds the draft by default: 2, L//2, L-3."""
+        return aux_layer_inputs(self.num_hidden_layers, ())
+
+    @property
+    def has_own_embedding(self) -> bool:
+        """Draft head only: a head narrower or wider than its target embeds tokens itself."""
+        return self.target_hidden_size != self.hidden_size
 
     @classmethod
     def from_hf_dict(cls, cfg: dict) -> "ModelArgs":
+        """From a transformers config.json dict. No `rope_theta` / `rope_parameters`: base 10000,
+        no scaling (transformers' default, and what upstream EAGLE uses for such a head)."""
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads")
         missing = [k for k in required if k not in cfg]
@@ -103,28 +115,74 @@ class ModelArgs:
             eos_token_ids=eos_ids,
             draft_vocab_size=cfg.get("draft_vocab_size") or 0,
             target_hidden_size=cfg.get("target_hidden_size") or 0,
+            aux_layer_ids=config_aux_layer_ids(cfg),
         )
 
     @classmethod
     def from_json(cls, path: Path) -> "ModelArgs":
-        path = Path(path)
-        try:
-            cfg = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"no config.json at {path}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_hf_dict(cfg)
+        return cls.from_hf_dict(read_config(path))
 
     def to_hf_dict(self, **extra: Any) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("rope", "eos_token_ids", "draft_vocab_size", "target_hidden_size")}
+               if f.name not in ("rope", "eos_token_ids", "draft_vocab_size", "target_hidden_size",
+                                 "aux_layer_ids")}
         out["rope_theta"] = self.rope.theta
         out["rope_scaling"] = self.rope.scaling
         out["eos_token_id"] = list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else (
             self.eos_token_ids[0] if self.eos_token_ids else None)
         out.update(extra)
         return out
+
+
+def read_config(path: Path) -> dict:
+    """A config.json as a dict, or a ConfigError saying what is wrong with the file."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no config.json at {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} holds a JSON {type(cfg).__name__}, not an object")
+    return cfg
+
+
+def config_aux_layer_ids(cfg: dict) -> tuple:
+    """`eagle_aux_hidden_state_layer_ids` from `eagle_config` or the top level (SpecForge, vLLM
+    speculators); () when neither names them. Both present and different is an error."""
+    key = "eagle_aux_hidden_state_layer_ids"
+    nested = cfg.get("eagle_config") or {}
+    found = {where: ids for where, ids in (("eagle_config", nested.get(key)),
+                                           ("top level", cfg.get(key))) if ids is not None}
+    if len(found) == 2 and list(found["eagle_config"]) != list(found["top level"]):
+        raise ConfigError(f"config.json names two different {key}: {found['eagle_config']} "
+                          f"(eagle_config) and {found['top level']} (top level); keep one")
+    ids = next(iter(found.values()), None)
+    if ids is None:
+        return ()
+    if not isinstance(ids, list):
+        raise ConfigError(f"{key} must be a list of three layer indices, got {ids!r}")
+    return tuple(ids)
+
+
+def aux_layer_inputs(num_layers: int, layer_ids: tuple) -> tuple:
+    """Base layers whose *inputs* feed the draft head, from a head config's layer ids.
+
+    SpecForge/SGLang count an id k as the output of base layer k, which is the input of layer
+    k + 1; ids () mean EAGLE-3's default, the inputs of layers 2, L//2, L-3 (ids 1, L//2-1, L-4).
+    Each id must name a layer whose output another layer reads: 0 <= k <= L - 2.
+    """
+    if not layer_ids:
+        return (2, num_layers // 2, num_layers - 3)
+    bad = [k for k in layer_ids if not 0 <= k <= num_layers - 2]
+    if bad:
+        raise ConfigError(
+            f"eagle_aux_hidden_state_layer_ids {list(layer_ids)} in the draft config: "
+            f"{', '.join(map(str, bad))} out of range for a base of {num_layers} layers (each id k "
+            f"is the output of layer k and must be in 0..{num_layers - 2}); fix the head's "
+            f"config.json or pair it with the base it was trained on")
+    return tuple(k + 1 for k in layer_ids)
 
 
 @dataclass

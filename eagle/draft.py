@@ -3,7 +3,9 @@
 The head is one Llama-style layer whose attention reads `cat(input_layernorm(embed(token)),
 hidden_norm(h))` (width 2H). On the first draft forward of a step, `h` is `fc` applied to the base
 model's three auxiliary hidden states (width 3H); on later forwards it is the draft's own output.
-The token embedding is the base model's: the head has none of its own.
+The token embedding is the base model's, except in a head whose hidden size differs from its
+target's (`target_hidden_size`, e.g. the Llama-3.3-70B head): that one has its own `embed_tokens`,
+and `fc` maps 3 x target hidden to the head's hidden.
 """
 from __future__ import annotations
 
@@ -46,10 +48,18 @@ class Eagle3Draft(nn.Module):
         self.register_buffer("d2t", torch.zeros(args.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.zeros(args.vocab_size, dtype=torch.bool))
         self.rotary = Rotary(args.rope, args.head_dim)
+        # [vocab, H_head]; None: the head reads the base's embedding (same width)
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size) \
+            if args.has_own_embedding else None
+
+    def token_embedding(self, base_embed: nn.Embedding) -> nn.Embedding:
+        """The embedding the head reads its tokens with: its own, else the base's."""
+        return self.embed_tokens if self.embed_tokens is not None else base_embed
 
     def forward(self, emb: Tensor, h: Tensor, positions: Tensor, kv: KVCache, start: int,
                 mask: Tensor) -> Tensor:
-        """emb: [1, S, H] token embeddings; h: [1, S, 3H] base features or [1, S, H] draft state."""
+        """emb: [1, S, H] token embeddings; h: [1, S, 3 x target H] base features or [1, S, H]
+        draft state (H: the head's hidden size)."""
         if h.shape[-1] != self.args.hidden_size:
             h = self.fc(h)
         cos, sin = self.rotary(positions, emb.dtype)

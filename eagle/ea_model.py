@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_base, load_draft
-from .config import ConfigError, TreeConfig
+from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, attention_backend, causal_mask, resolve_attention
 from .profiling import ProfileReport, StepProfiler
@@ -84,11 +84,14 @@ class EaModel(nn.Module):
                 f"draft head expects hidden {head.args.target_hidden_size} / vocab "
                 f"{head.args.vocab_size}, base has {base.args.hidden_size} / {base.args.vocab_size}")
         require_available(mask_impl, base.lm_head.weight.device)
+        if head is not None:
+            base.set_aux_layers(aux_layer_inputs(base.args.num_hidden_layers,
+                                                 head.args.aux_layer_ids))
         self.base, self.head, self.tree = base, head, tree
         self.mask_impl, self.tokenizer, self.max_length = mask_impl, tokenizer, max_length
         self.stop_ids = self._stop_ids()
-        self.drafter = Drafter(head, base.model.embed_tokens, tree, max_length) \
-            if head is not None else None
+        self.drafter = Drafter(head, head.token_embedding(base.model.embed_tokens), tree,
+                               max_length) if head is not None else None
         on_cuda = self.device.type == "cuda"
         if cuda_graph and not on_cuda:
             raise ConfigError(f"CUDA graphs need a CUDA device, the model is on {self.device.type}; "
@@ -118,7 +121,8 @@ class EaModel(nn.Module):
         device = resolve_device(device_map)
         tree = TreeConfig(total_token, depth, top_k)
         base = load_base(Path(base_model_path), torch_dtype, device)
-        head = load_draft(Path(ea_model_path), torch_dtype, device) if ea_model_path else None
+        head = load_draft(Path(ea_model_path), torch_dtype, device,
+                          base.model.embed_tokens.weight) if ea_model_path else None
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or base_model_path))
         return cls(base, head, tree, mask_impl, tokenizer, max_length, cuda_graph, attention)
 

@@ -192,7 +192,7 @@ class LlamaBody(nn.Module):
 
 class BaseOutput(NamedTuple):
     logits: Tensor  # [1, S', vocab] (S' = S, or 1 with last_only)
-    aux_hidden: Tensor  # [1, S, 3H]: inputs of layers 2, L//2, L-3, concatenated in that order
+    aux_hidden: Tensor  # [1, S, 3H]: inputs of the `aux_layers` (default 2, L//2, L-3), in order
 
 
 def causal_mask(start: Start, length: int, device: torch.device,
@@ -226,6 +226,12 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.rotary = Rotary(args.rope, args.head_dim)
         self.kv: Optional[KVCache] = None
+        self.aux_layers = args.aux_layers  # whose inputs feed the draft head; see set_aux_layers
+
+    def set_aux_layers(self, layers: tuple) -> None:
+        """Feed the draft head the inputs of these layers (a head's config may name other ones
+        than the default; `config.aux_layer_inputs` derives and checks them)."""
+        self.aux_layers = tuple(layers)
 
     def tie_weights(self) -> None:
         if self.args.tie_word_embeddings:
@@ -248,7 +254,7 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)  # [1, S, H]
         cos, sin = self.rotary(positions, x.dtype)
         bias = self.model.layers[0].self_attn.bias(mask, x.dtype)  # [rep*S, W], all layers
-        aux_at = self.args.aux_layers
+        aux_at = self.aux_layers
         saved = {}
         for i, layer in enumerate(self.model.layers):
             if i in aux_at:

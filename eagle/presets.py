@@ -2,6 +2,16 @@
 
 Timings of the tree machinery do not depend on weight values (acceptance lengths do: a random
 draft head is accepted about as often as chance allows).
+
+What fits on one 80 GB card (weights in fp16/bf16; the engine runs on one device):
+- `llama3.1-8b`: base 8.0 B parameters (16.1 GB) + head 0.42 B with its 32k draft vocabulary
+  (0.85 GB; it reads the base's embedding) + KV cache 128 KiB per token: fits with ample room.
+- `llama3.3-70b`: base 70.6 B parameters (141 GB) does not fit on one 80 GB card, nor on one
+  141 GB H200 once the KV cache (320 KiB per token) and activations are added; it needs tensor
+  parallelism (or 8-bit weights), which this engine does not have, so `build_random` and
+  `preset_model` cannot build it on such a card. Its head alone (1.6 B parameters, 3.2 GB, 0.79 B
+  of them its own embedding; KV cache 4 KiB per token) fits anywhere:
+  `Eagle3Draft(PRESETS["llama3.3-70b"][1])` times its draft forwards; the shapes plan memory.
 """
 from __future__ import annotations
 
@@ -25,6 +35,21 @@ PRESETS: dict[str, tuple[ModelArgs, ModelArgs]] = {
         ModelArgs(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048,
                   rope=LLAMA31_ROPE, draft_vocab_size=32000),
+    ),
+    # meta-llama/Llama-3.3-70B-Instruct and yuhuili/EAGLE3-LLaMA3.3-Instruct-70B shapes. The head
+    # is narrower than its target (hidden 6144 vs target_hidden_size 8192: fc maps 3 x 8192 to
+    # 6144) and has its own embedding; 48 heads of 128, 8 KV heads, intermediate 16384, draft
+    # vocabulary 32000. The head's config.json could not be consulted when this preset was
+    # written: these head sizes are as that head is commonly reported (SGLang PR #4716 and
+    # vLLM issue #18906 confirm only that its hidden size differs from the target's); check
+    # them against the checkpoint's config.json before relying on them.
+    "llama3.3-70b": (
+        ModelArgs(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                  num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=131072,
+                  rope=LLAMA31_ROPE, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009)),
+        ModelArgs(vocab_size=128256, hidden_size=6144, intermediate_size=16384, num_hidden_layers=1,
+                  num_attention_heads=48, num_key_value_heads=8, max_position_embeddings=2048,
+                  rope=LLAMA31_ROPE, draft_vocab_size=32000, target_hidden_size=8192),
     ),
     # a small model with the same structure, for CPU tests
     "tiny": (

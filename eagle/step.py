@@ -154,7 +154,8 @@ class EagleStep:
         self.base, self.drafter, self.tree, self.mask_impl = base, drafter, tree, mask_impl
         w = base.lm_head.weight
         c, t, dev = tree.max_depth + 1, tree.num_nodes, w.device
-        self.features = torch.zeros(1, c, 3 * base.args.hidden_size, dtype=w.dtype, device=dev)
+        width = len(base.aux_layers) * base.args.hidden_size  # the aux features the draft reads
+        self.features = torch.zeros(1, c, width, dtype=w.dtype, device=dev)
         self.tokens = torch.zeros(c, dtype=torch.long, device=dev)
         self.count = torch.zeros((), dtype=torch.long, device=dev)
         self.cache_len = torch.zeros((), dtype=torch.long, device=dev)

@@ -4,7 +4,10 @@
 - DIR/base: a Hugging Face Llama checkpoint (config.json, model.safetensors, generation_config.json)
   with a byte-level BPE tokenizer, the Llama-3 special tokens and chat template;
 - DIR/draft: an EAGLE-3 head in the published layout (config.json + model.safetensors or
-  pytorch_model.bin) whose draft vocabulary is the corpus's most frequent tokens.
+  pytorch_model.bin) whose draft vocabulary is the corpus's most frequent tokens; with
+  `--wide-head` one 3/4 as wide as the base with its own embedding (`target_hidden_size`, as the
+  Llama-3.3-70B head), with `--stray-embedding random|copy` one that also carries an
+  `embed_tokens.weight` (random, or the base's), as older published heads do.
 The base is trained briefly on the English corpus of `eagle.tiny_corpus`, then the head is
 distilled on the base's greedy predictions (`eagle.tiny_train`), so acceptance lengths mean
 something.
@@ -131,9 +134,12 @@ def write_json(path: Path, obj: dict) -> None:
     log.info("wrote %s", path)
 
 
-def write_weights(module: torch.nn.Module, directory: Path, fmt: str = "safetensors") -> Path:
-    """The module's state dict under its own (checkpoint) names, as safetensors or a torch .bin."""
+def write_weights(module: torch.nn.Module, directory: Path, fmt: str = "safetensors",
+                  extra: Optional[dict] = None) -> Path:
+    """The module's state dict under its own (checkpoint) names, plus `extra` tensors, as
+    safetensors or a torch .bin."""
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    state.update(extra or {})
     if fmt == "bin":
         path = directory / "pytorch_model.bin"
         torch.save(state, path)
@@ -156,6 +162,17 @@ def write_base(directory: Path, model: LlamaForCausalLM, tok) -> None:
     log.info("wrote %s", directory / "tokenizer.json")
     write_json(directory / "tokenizer_config.json", tokenizer_config(tok))
     write_json(directory / "special_tokens_map.json", {"bos_token": BOS, "eos_token": EOT})
+
+
+def stray_embedding(spec: TinySpec, base: LlamaForCausalLM) -> dict:
+    """{} or {"embed_tokens.weight": a copy of the base's, or a random one of its shape}."""
+    if not spec.stray_embedding:
+        return {}
+    weight = base.model.embed_tokens.weight.detach()
+    if spec.stray_embedding == "random":
+        gen = torch.Generator().manual_seed(spec.seed + 3)
+        weight = torch.randn(weight.shape, generator=gen) * 0.02
+    return {"embed_tokens.weight": weight.clone().contiguous()}
 
 
 def prepare_dirs(out: Path, force: bool) -> tuple[Path, Path]:
@@ -206,7 +223,7 @@ def _build(out: Path, spec: TinySpec, force: bool) -> Path:
     train_draft(head, base, stream, spec, gen)
     write_base(base_dir, base, tok)
     write_json(draft_dir / "config.json", draft_config(head_args, base_args))
-    write_weights(head, draft_dir, spec.draft_format)
+    write_weights(head, draft_dir, spec.draft_format, stray_embedding(spec, base))
     log.info("built %s in %.1f s", out, time.perf_counter() - t0)
     return out
 
@@ -216,12 +233,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         prog="eagle-tiny", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  eagle-tiny --out /tmp/tiny\n"
-               "  python -m eagle.tiny --out /tmp/tiny --seed 1 --draft-format bin --force")
+               "  python -m eagle.tiny --out /tmp/tiny --seed 1 --draft-format bin --force\n"
+               "  python -m eagle.tiny --out /tmp/tiny-wide --wide-head")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="writes DIR/base (HF Llama + tokenizer) and DIR/draft (EAGLE-3 head)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="weights' seed (default 0)")
     parser.add_argument("--draft-format", choices=("safetensors", "bin"), default="safetensors",
                         help="draft weights as model.safetensors (default) or pytorch_model.bin")
+    layout = parser.add_mutually_exclusive_group()
+    layout.add_argument("--wide-head", action="store_true",
+                        help="a head 3/4 as wide as the base with its own embedding "
+                             "(target_hidden_size, as the Llama-3.3-70B head)")
+    layout.add_argument("--stray-embedding", choices=("random", "copy"),
+                        help="the head also carries an embed_tokens.weight: random, or a copy "
+                             "of the base's (the loader uses the base's either way)")
     parser.add_argument("--force", action="store_true",
                         help="replace a non-empty DIR/base or DIR/draft")
     return parser.parse_args(argv)
@@ -231,7 +256,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        build(args.out, TinySpec(seed=args.seed, draft_format=args.draft_format), args.force)
+        spec = TinySpec(seed=args.seed, draft_format=args.draft_format, wide_head=args.wide_head,
+                        stray_embedding=args.stray_embedding or "")
+        build(args.out, spec, args.force)
     except FileExistsError as exc:
         log.error("%s", exc)
         return 2

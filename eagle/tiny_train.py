@@ -40,6 +40,8 @@ class TinySpec:
     draft_lr: float = 1e-2
     draft_unroll: int = 4  # EAGLE-3 "training-time test" steps; 2 -> mean acceptance ~2.6, 4 -> ~5
     draft_format: str = "safetensors"
+    wide_head: bool = False  # a head 3/4 as wide as the base, with its own embedding (as 70B's)
+    stray_embedding: str = ""  # "random" / "copy": also save an embed_tokens.weight in the head
 
     def __post_init__(self) -> None:
         if self.layers < 7:
@@ -48,6 +50,18 @@ class TinySpec:
             raise ValueError("draft_vocab must be in (0, bpe_vocab)")
         if self.draft_format not in ("safetensors", "bin"):
             raise ValueError("draft_format must be 'safetensors' or 'bin'")
+        if self.stray_embedding not in ("", "random", "copy"):
+            raise ValueError("stray_embedding must be '', 'random' or 'copy'")
+        if self.wide_head and self.stray_embedding:
+            raise ValueError("a wide head carries its own embedding: it has no stray one")
+        if self.head_hidden % self.heads:
+            raise ValueError(f"the head's hidden size {self.head_hidden} must be a multiple of "
+                             f"heads ({self.heads})")
+
+    @property
+    def head_hidden(self) -> int:
+        """The draft head's hidden size: the base's, or 3/4 of it for a wide-target head."""
+        return self.hidden * 3 // 4 if self.wide_head else self.hidden
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +74,8 @@ def model_args(spec: TinySpec, tok) -> tuple[ModelArgs, ModelArgs]:
                      num_key_value_heads=spec.kv_heads, max_position_embeddings=131072,
                      rope=LLAMA31_ROPE, bos_token_id=tok.token_to_id(BOS),
                      eos_token_ids=(tok.token_to_id(EOT_TEXT), tok.token_to_id(EOT)))
-    draft = ModelArgs(vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+    draft = ModelArgs(vocab_size=vocab, hidden_size=spec.head_hidden,
+                      intermediate_size=spec.intermediate,
                       num_hidden_layers=1, num_attention_heads=spec.heads,
                       num_key_value_heads=spec.kv_heads, max_position_embeddings=2048,
                       rope=LLAMA31_ROPE, draft_vocab_size=spec.draft_vocab,
@@ -93,11 +108,11 @@ def base_forward(model: LlamaForCausalLM, ids: Tensor) -> tuple[Tensor, Tensor]:
     cos, sin = model.rotary(torch.arange(ids.shape[1]), x.dtype)
     saved = {}
     for i, layer in enumerate(model.model.layers):
-        if i in model.args.aux_layers:
+        if i in model.aux_layers:
             saved[i] = x
         x = x + attend(layer.self_attn, layer.input_layernorm(x), cos, sin, None, None)[0]
         x = x + layer.mlp(layer.post_attention_layernorm(x))
-    aux = torch.cat([saved[i] for i in model.args.aux_layers], dim=-1)
+    aux = torch.cat([saved[i] for i in model.aux_layers], dim=-1)
     return model.lm_head(model.model.norm(x)), aux
 
 
@@ -176,11 +191,13 @@ def vocab_map(stream: Tensor, vocab: int, draft_vocab: int) -> tuple[Tensor, Ten
 @torch.no_grad()
 def init_head(head: Eagle3Draft, base: LlamaForCausalLM, d2t: Tensor, t2d: Tensor) -> None:
     """Set the vocabulary map and start the head's output layer from the base's (its draft
-    vocabulary rows): the head's hidden state learns to play the base's next final hidden state."""
+    vocabulary rows): the head's hidden state learns to play the base's next final hidden state.
+    A head of another width keeps its random output layer."""
     head.d2t.copy_(d2t)
     head.t2d.copy_(t2d)
-    head.lm_head.weight.copy_(base.lm_head.weight[t2d])
-    head.norm.weight.copy_(base.model.norm.weight)
+    if head.embed_tokens is None:
+        head.lm_head.weight.copy_(base.lm_head.weight[t2d])
+        head.norm.weight.copy_(base.model.norm.weight)
 
 
 @dataclass
@@ -228,21 +245,21 @@ def train_draft(head: Eagle3Draft, base: LlamaForCausalLM, stream: Tensor, spec:
     """Distil the base's greedy next tokens into the head; returns the first draft step's top-1
     agreement with the base on windows kept out of training (a token outside the draft vocabulary
     counts as a miss)."""
-    unroll = spec.draft_unroll
+    unroll, embed = spec.draft_unroll, head.token_embedding(base.model.embed_tokens)
     data = draft_data(base, stream, head.t2d, 16 * spec.batch, spec.seq_len + unroll, gen)
     held_out = torch.arange(spec.batch)
     train_rows = data.tokens.shape[0] - spec.batch
 
     def loss_at(step: int) -> Tensor:
         rows = spec.batch + torch.randint(0, train_rows, (spec.batch,), generator=gen)
-        return draft_loss(head, base.model.embed_tokens, data, rows, unroll)[0]
+        return draft_loss(head, embed, data, rows, unroll)[0]
 
     base.requires_grad_(False)
     head.train()
     optimize(list(head.parameters()), spec.draft_steps, spec.draft_lr, loss_at)
     head.eval()
     with torch.no_grad():
-        hits = draft_loss(head, base.model.embed_tokens, data, held_out, unroll)[1]
+        hits = draft_loss(head, embed, data, held_out, unroll)[1]
     log.info("draft head: top-1 agreement with the base %s (per unrolled step, unseen windows)",
              ", ".join(f"{h:.2f}" for h in hits.tolist()))
     return hits[0].item()

@@ -3,6 +3,8 @@
 Either side may be an EAGLE run or the baseline. Two files are comparable when they answer the same
 questions with the same number of choices and turns, under settings that differ only in the method /
 mask implementation (and, when a baseline is involved, in the draft settings it never uses).
+Questions answered by both files in one interleaved process (the same `interleave.run_id`) are
+paired turn by turn; see `evaluation.paired` for the two estimates.
 """
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ from typing import Optional
 
 import numpy as np
 
-from .answers import AnswerFileError, read_answers, settings_diff
+from .answers import AnswerFileError, drafts, read_answers, settings_diff
+from .paired import judgement, paired_speedup, resolvable_pct, unpaired_speedup
 
 log = logging.getLogger(__name__)
 
 ALLOWED_KEYS = frozenset({"method", "mask_impl"})  # what a comparison is about
 DRAFT_KEYS = frozenset({"draft_model", "total_token", "depth", "top_k"})  # unused by the baseline
-ENVIRONMENT_KEYS = frozenset({"device_name", "torch", "transformers", "eagle", "python"})  # warn only
+ENVIRONMENT_KEYS = frozenset({"device_name", "torch", "transformers", "eagle", "python",
+                              "code"})  # warn only
 
 
 @dataclass
@@ -38,8 +42,17 @@ class Run:
 
     @property
     def label(self) -> str:
+        """The interleaved run's member label (e.g. rebuild-2), else eagle:IMPL or the method."""
+        interleave = self.rows[0][1].get("interleave")
+        if interleave:
+            return interleave["label"]
         s = self.settings
         return f"eagle:{s.get('mask_impl')}" if s.get("method") == "eagle" else str(s.get("method"))
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        code = self.settings.get("code")
+        return code.get("fingerprint") if isinstance(code, dict) else None
 
     def by_qid(self) -> dict:
         return {obj["question_id"]: (line, obj) for line, obj in self.rows}
@@ -115,7 +128,7 @@ def audit(base: Run, opt: Run) -> dict:
     turns, mismatches = 0, []
     for qid, (_, obj_a) in sorted(base.by_qid().items()):
         for c, (ca, cb) in enumerate(zip(obj_a["choices"], b[qid][1]["choices"])):
-            for t, (x, y) in enumerate(zip(ca["token_ids"], cb["token_ids"])):
+            for t, (x, y) in enumerate(zip(ca["detail"]["token_ids"], cb["detail"]["token_ids"])):
                 turns += 1
                 pos = first_divergence(x, y)
                 if pos is not None:
@@ -137,61 +150,118 @@ def question_totals(run: Run) -> dict:
 
 
 def acceptance(run: Run) -> dict:
-    """Mean new tokens per decoding step (accepted draft tokens + 1) and accepted draft tokens per step."""
-    steps = accepted = 0
-    for _, obj in run.rows:
-        for c in obj["choices"]:
-            steps += sum(c["steps"])
-            accepted += sum(sum(a) for a in c["accept_lengths"])
-    if not steps:
-        return {"steps": 0, "tokens_per_step": None, "accepted_per_step": None}
-    return {"steps": steps, "tokens_per_step": (accepted + steps) / steps,
-            "accepted_per_step": accepted / steps}
+    """new tokens per step (new tokens / decoding steps, as the file counts them); the mean
+    acceptance length tau of the EAGLE papers (accepted draft tokens + the bonus token, per step;
+    drafting runs only); the mean of the flat accept_lengths (Spec-Bench's "mean accepted tokens")."""
+    choices = [c for _, obj in run.rows for c in obj["choices"]]
+    tokens = sum(sum(c["new_tokens"]) for c in choices)
+    steps = sum(sum(c["decoding_steps"]) for c in choices)
+    flat = [n for c in choices for n in c["accept_lengths"]]
+    accepted = [a for c in choices for turn in c["detail"]["accepted_drafts"] for a in turn]
+    tau = (sum(accepted) + len(accepted)) / len(accepted) if drafts(run.settings) and accepted else None
+    return {"steps": steps, "new_tokens_per_step": tokens / steps if steps else None,
+            "mean_acceptance_length": tau,
+            "mean_accept_lengths": sum(flat) / len(flat) if flat else None}
 
 
 def side_summary(run: Run, totals: dict) -> dict:
     tokens = sum(t for _, t, _ in totals.values())
     seconds = sum(s for _, _, s in totals.values())
-    return {"file": str(run.path), "label": run.label, "settings": run.settings, "questions": len(totals),
+    return {"file": str(run.path), "label": run.label, "settings": run.settings,
+            "fingerprint": run.fingerprint, "questions": len(totals),
             "new_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
             "tokens_per_s_mean_per_question": float(np.mean([t / s for _, t, s in totals.values()])),
             "acceptance": acceptance(run)}
 
 
-def bootstrap_ci(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndarray, resamples: int,
-                 seed: int) -> Optional[list[float]]:
-    """95% percentile CI of the speedup (ratio of total throughputs), resampling questions in pairs."""
-    if resamples < 1:
-        return None
-    idx = np.random.default_rng(seed).integers(0, len(ta), size=(resamples, len(ta)))  # [R, Q]
-    ratios = (tb[idx].sum(1) / sb[idx].sum(1)) / (ta[idx].sum(1) / sa[idx].sum(1))  # [R]
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return [float(lo), float(hi)]
+def paired_questions(base: Run, opt: Run) -> list:
+    """Question ids that both files answered in one interleaved process (equal run ids)."""
+    a, b = base.by_qid(), opt.by_qid()
+    return sorted(q for q, (_, obj) in a.items()
+                  if "interleave" in obj and "interleave" in b[q][1]
+                  and obj["interleave"]["run_id"] == b[q][1]["interleave"]["run_id"])
 
 
-def per_category(ta: dict, tb: dict) -> list[dict]:
+def turn_log_ratios(obj_a: dict, obj_b: dict) -> list[float]:
+    """log(opt tokens/s / baseline tokens/s) of every choice and turn of one question."""
+    out = []
+    for ca, cb in zip(obj_a["choices"], obj_b["choices"]):
+        for ta, sa, tb, sb in zip(ca["new_tokens"], ca["wall_time"], cb["new_tokens"], cb["wall_time"]):
+            out.append(float(np.log((tb / sb) / (ta / sa))))
+    return out
+
+
+def speedup_of(base: Run, opt: Run, qids: list, paired: bool, resamples: int, seed: int) -> dict:
+    """The speedup over `qids`, paired turn by turn or from the totals."""
+    a, b = base.by_qid(), opt.by_qid()
+    if paired:
+        d = np.array([np.mean(turn_log_ratios(a[q][1], b[q][1])) for q in qids])  # [Q]
+        result = paired_speedup(d, resamples, seed)
+    else:
+        ta, tb = question_totals(base), question_totals(opt)
+        arrays = [np.array([tot[q][i] for q in qids], dtype=float) for tot in (ta, tb) for i in (1, 2)]
+        result = unpaired_speedup(*arrays, resamples, seed)
+    return {**result, "questions": len(qids), "judgement": judgement(result["ci95"]),
+            "resolvable_pct": resolvable_pct(result["ci95"])}
+
+
+def pairing(base: Run, opt: Run) -> dict:
+    paired = paired_questions(base, opt)
+    run_ids = sorted({base.by_qid()[q][1]["interleave"]["run_id"] for q in paired})
+    return {"paired": len(paired) >= 2, "paired_questions": paired, "run_ids": run_ids,
+            "questions": len(base.rows)}
+
+
+def per_category(base: Run, opt: Run, qids: list, paired: bool, resamples: int, seed: int) -> list:
+    ta, tb = question_totals(base), question_totals(opt)
     groups = defaultdict(list)
-    for qid, (cat, _, _) in ta.items():
-        groups[cat].append(qid)
+    for qid in qids:
+        groups[ta[qid][0]].append(qid)
     rows = []
-    for cat, qids in sorted(groups.items()):
-        tps_a = sum(ta[q][1] for q in qids) / sum(ta[q][2] for q in qids)
-        tps_b = sum(tb[q][1] for q in qids) / sum(tb[q][2] for q in qids)
-        rows.append({"category": cat, "questions": len(qids), "baseline_tokens_per_s": tps_a,
-                     "opt_tokens_per_s": tps_b, "speedup": tps_b / tps_a})
+    for cat, members in sorted(groups.items()):
+        tps_a = sum(ta[q][1] for q in members) / sum(ta[q][2] for q in members)
+        tps_b = sum(tb[q][1] for q in members) / sum(tb[q][2] for q in members)
+        s = speedup_of(base, opt, members, paired, resamples, seed)
+        rows.append({"category": cat, "questions": len(members), "baseline_tokens_per_s": tps_a,
+                     "opt_tokens_per_s": tps_b, "speedup": s["value"], "ci95": s["ci95"]})
     return rows
+
+
+def verdict_line(speedup: dict, paired: bool, audit_result: dict) -> str:
+    """One line: the judgement, the CI, paired or not, the resolution and the audit."""
+    ci = speedup["ci95"]
+    ci_text = f"95% CI {ci[0]:.3f}-{ci[1]:.3f}, " if ci else "no CI, "
+    resolution = (f"smallest resolvable difference here \u00b1{speedup['resolvable_pct']:.1f}%"
+                  if ci else "smallest resolvable difference unknown")
+    same = audit_result["differing"] == 0
+    tokens = (f"token ids {'identical' if same else 'DIFFER'} "
+              f"({audit_result['identical']}/{audit_result['turns']} turns identical)")
+    return (f"verdict: {speedup['judgement']}: {speedup['value']:.3f}x ({ci_text}"
+            f"{'paired' if paired else 'unpaired'}, {speedup['questions']} questions); "
+            f"{resolution}; {tokens}")
 
 
 def compare(base: Run, opt: Run, resamples: int = 2000, seed: int = 0) -> dict:
     """The full comparison report (JSON-ready); `check_comparable` must have passed."""
     ta, tb = question_totals(base), question_totals(opt)
-    qids = sorted(ta)
-    arrays = [np.array([tot[q][i] for q in qids], dtype=float) for tot in (ta, tb) for i in (1, 2)]
-    a_side, b_side = side_summary(base, ta), side_summary(opt, tb)
+    pair = pairing(base, opt)
+    qids = pair["paired_questions"] if pair["paired"] else sorted(ta)
+    speedup = speedup_of(base, opt, qids, pair["paired"], resamples, seed)
+    audit_result = audit(base, opt)
     return {
-        "baseline": a_side, "opt": b_side,
-        "speedup": {"value": b_side["tokens_per_s"] / a_side["tokens_per_s"],
-                    "ci95": bootstrap_ci(*arrays, resamples, seed), "bootstrap": resamples, "seed": seed},
-        "categories": per_category(ta, tb),
-        "audit": audit(base, opt),
+        "baseline": side_summary(base, ta), "opt": side_summary(opt, tb), "pairing": pair,
+        "speedup": {**speedup, "bootstrap": resamples, "seed": seed,
+                    "method": "paired" if pair["paired"] else "unpaired"},
+        "categories": per_category(base, opt, qids, pair["paired"], resamples, seed),
+        "audit": audit_result,
+        "verdict": verdict_line(speedup, pair["paired"], audit_result),
     }
+
+
+def control_speedup(first: Run, second: Run, resamples: int = 2000, seed: int = 0) -> dict:
+    """The speedup between two runs of the same code: how large drift alone was."""
+    pair = pairing(first, second)
+    qids = pair["paired_questions"] if pair["paired"] else sorted(first.by_qid())
+    s = speedup_of(first, second, qids, pair["paired"], resamples, seed)
+    return {"files": [str(first.path), str(second.path)], "value": s["value"], "ci95": s["ci95"],
+            "method": "paired" if pair["paired"] else "unpaired"}

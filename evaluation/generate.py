@@ -24,7 +24,7 @@ from eagle.ea_model import resolve_device as eagle_device
 from eagle.llama import attention_backend, resolve_attention
 from eagle.profiling import ProfileReport
 
-from .answers import AnswerWriter, answered_ids, iter_lines, sort_and_dedup
+from .answers import AnswerWriter, add_turn, answered_ids, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .gen_cli import GenConfig, GenError
 
@@ -215,19 +215,14 @@ class Answerer:
     def choice(self, question: dict, index: int):
         """One answer to every turn of a question: (choice dict, merged profile or None)."""
         messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        out = {"index": index, "turns": [], "new_tokens": [], "wall_time": [], "steps": [],
-               "accept_lengths": [], "token_ids": []}
+        out = new_choice(index)
         profile = None
         for user_turn in question["turns"]:
             messages.append({"role": "user", "content": user_turn})
             result, seconds = self._generate(self._prompt_ids(messages), self.cfg.seed + index)
             text = answer_text(self.tokenizer, result.new_token_ids, self.model.stop_ids)
             messages.append({"role": "assistant", "content": text})
-            for key, value in (("turns", text), ("new_tokens", result.new_tokens),
-                               ("wall_time", seconds), ("steps", result.steps),
-                               ("accept_lengths", list(result.accept_lengths)),
-                               ("token_ids", list(result.new_token_ids))):
-                out[key].append(value)
+            add_turn(out, text, result.new_token_ids, result.accept_lengths, seconds, self.cfg.drafts)
             if result.profile is not None:
                 profile = result.profile if profile is None else profile.merge(result.profile)
         return out, profile

@@ -9,7 +9,8 @@ tree-buffer time replaced by this run's. Separate processes also differ in their
 mask implementation itself changes. Outputs: the markdown table (stdout, optionally a file), a JSON
 report and a stacked-bar PNG.
 
-Exit status: 0, or 2 on bad input (the message names the file) or an unusable output path.
+Exit status: 0, or 2 on bad input (the message names the file) or an output that cannot be written
+(an input's path, an unwritable folder, a plot format matplotlib does not know).
 """
 from __future__ import annotations
 
@@ -145,15 +146,15 @@ def report_dict(profiles: list[Profile], notes: list[str]) -> dict:
             "warnings": notes}
 
 
-def plot(profiles: list[Profile], path: Path) -> None:
-    """Horizontal stacked bars: ms per step by section, one bar per run."""
-    import matplotlib
+def step_figure(profiles: list[Profile]):
+    """Horizontal stacked bars: ms per step by section, one bar per run; the legend beside the
+    axes, clear of the x label."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-    matplotlib.use("Agg")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font cache chatter
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(profiles)))
+    fig = Figure(figsize=(9, 1.2 + 0.6 * len(profiles)))
+    ax = fig.subplots()
     labels = [p.label for p in profiles]
     left = [0.0] * len(profiles)
     for key, name in ROWS:
@@ -166,10 +167,13 @@ def plot(profiles: list[Profile], path: Path) -> None:
     ax.set_xlabel("ms per decoding step")
     device = profiles[0].settings.get("device_name", "")
     ax.set_title(f"Where a step's time goes ({device})" if device else "Where a step's time goes")
-    ax.legend(ncol=4, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.05 * len(profiles)))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def plot(profiles: list[Profile], path: Path) -> None:
+    step_figure(profiles).savefig(path, dpi=120, bbox_inches="tight")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,28 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_outputs(args: argparse.Namespace) -> Optional[str]:
-    """Why the output paths are unusable (one is an input or another output), or None."""
-    from evaluation.output_paths import output_clash
+    """Why the output paths are unusable (one is an input or another output, or the plot's
+    extension is no image format), or None."""
+    from evaluation.output_paths import output_clash, plot_format_problem
 
     inputs = {f"input {path}": path for path in args.profiles}
     return output_clash(inputs, {f"--{flag}": getattr(args, flag)
-                                 for flag in ("markdown", "json", "plot")})
+                                 for flag in ("markdown", "json", "plot")}) \
+        or plot_format_problem(args.plot)
 
 
 def write_outputs(args: argparse.Namespace, profiles: list[Profile], table: str,
                   notes: list[str]) -> None:
-    for path in (args.markdown, args.json, args.plot):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(report_dict(profiles, notes), indent=2) + "\n")
-    if args.plot:
-        plot(profiles, args.plot)
+    """Write the requested files; raises `OutputError` naming the one that failed."""
+    from evaluation.output_paths import write_output
+
+    write_output("--markdown", args.markdown, lambda p: p.write_text(table + "\n"))
+    write_output("--json", args.json,
+                 lambda p: p.write_text(json.dumps(report_dict(profiles, notes), indent=2) + "\n"))
+    write_output("--plot", args.plot, lambda p: plot(profiles, p))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from evaluation.output_paths import OutputError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problem = check_outputs(args)
@@ -230,8 +236,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sys.stdout.write(table + "\n")
     try:
         write_outputs(args, profiles, table, notes)
-    except OSError as exc:
-        log.error("cannot write %s: %s", exc.filename, exc.strerror)
+    except OutputError as exc:
+        log.error("%s", exc)
         return EXIT_BAD_INPUT
     return EXIT_OK
 

@@ -159,7 +159,8 @@ def broken_draft(tiny_ckpt, tmp_path, edit):
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.pop("midlayer.hidden_norm.weight"), "missing tensors: midlayer.hidden_norm.weight"),
     (lambda s: s.update({"embed_tokens.weight": torch.zeros(2, 2)}),
-     "unexpected tensors: embed_tokens.weight"),
+     "mis-shaped tensors: embed_tokens.weight"),
+    (lambda s: s.update({"extra.weight": torch.zeros(2, 2)}), "unexpected tensors: extra.weight"),
     (lambda s: s.update({"fc.weight": s["fc.weight"][:, :-1].contiguous()}), "mis-shaped tensors: fc.weight"),
 ])
 def test_draft_loading_is_strict(tiny_ckpt, tmp_path, edit, message):

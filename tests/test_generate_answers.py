@@ -77,10 +77,16 @@ def test_answer_lines_follow_the_schema(rebuild_file):
             ("eagle", "rebuild", "float32", MAX_NEW)
         (choice,) = a["choices"]
         assert len(choice["turns"]) == 2 and all(isinstance(t, str) for t in choice["turns"])
-        for new, steps, accepts, ids in zip(choice["new_tokens"], choice["steps"],
-                                            choice["accept_lengths"], choice["token_ids"]):
-            assert 1 <= new <= MAX_NEW and steps == len(accepts)
-            assert new <= 1 + sum(n + 1 for n in accepts)  # the root token + accepted + bonus per step
+        detail, flat = choice["detail"], list(choice["accept_lengths"])
+        for t, (new, steps, idx) in enumerate(zip(choice["new_tokens"], choice["decoding_steps"],
+                                                  choice["idxs"])):
+            accepts, ids = detail["accepted_drafts"][t], detail["token_ids"][t]
+            added, flat = flat[:steps], flat[steps:]  # this turn's steps of the flat list
+            assert 1 <= new == len(ids) <= MAX_NEW and steps == len(accepts) and idx == steps - 1
+            assert added[:-1] == [n + 1 for n in accepts[:-1]]  # accepted + bonus per step
+            assert 1 <= added[-1] <= accepts[-1] + 1  # the last step keeps what the stop/budget left
+            assert new == 1 + sum(added)  # the prefill's token + what the steps added
+        assert flat == []
         assert "tree_mask" in a["profile"]["sections"]
 
 
@@ -116,7 +122,9 @@ def test_baseline_matches_eagle_in_float32(tiny_ckpt, question_file, answer_dir,
     base = rows(path)
     assert all(a["settings"]["method"] == "baseline" and a["settings"]["mask_impl"] is None and
                a["settings"]["draft_model"] is None for a in base)
-    assert all(c["steps"] == [n - 1 for n in c["new_tokens"]] for a in base for c in a["choices"])
+    for c in (c for a in base for c in a["choices"]):  # Spec-Bench's baseline: a step per token
+        assert c["decoding_steps"] == c["new_tokens"] and c["idxs"] == [n - 1 for n in c["new_tokens"]]
+        assert c["accept_lengths"] == [1] * sum(c["new_tokens"])
     assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file), "--bootstrap", "0"]) == 0
 
 
@@ -134,8 +142,8 @@ def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_f
     assert gen_main("baseline", common + ["--answer-file", str(without)]) == 0  # no head needed
     (a,), (b,) = rows(with_path), rows(without)
     assert a["settings"] == b["settings"] and a["settings"]["draft_model"] is None
-    eagle_ids = rows(rebuild_file)[0]["choices"][0]["token_ids"]  # float32: the same tokens
-    assert a["choices"][0]["token_ids"] == b["choices"][0]["token_ids"] == eagle_ids
+    eagle_ids = rows(rebuild_file)[0]["choices"][0]["detail"]["token_ids"]  # float32: the same tokens
+    assert a["choices"][0]["detail"]["token_ids"] == b["choices"][0]["detail"]["token_ids"] == eagle_ids
 
 
 @pytest.mark.parametrize("backend", ["math", "flash"])  # the two with a CPU kernel for boolean masks
@@ -145,7 +153,7 @@ def test_pinned_attention_backend_keeps_float32_tokens(backend, tiny_ckpt, quest
     assert generate("eagle", tiny_ckpt, question_file, path, "--attention-backend", backend) == 0
     pinned, auto = rows(path), rows(rebuild_file)
     assert all(a["settings"]["attention_backend"] == backend for a in pinned)
-    assert [a["choices"][0]["token_ids"] for a in pinned] == [a["choices"][0]["token_ids"] for a in auto]
+    assert [a["choices"][0]["detail"] for a in pinned] == [a["choices"][0]["detail"] for a in auto]
 
 
 def test_attention_backend_without_a_kernel_here_is_refused(tiny_ckpt, question_file, tmp_path, caplog):
@@ -165,7 +173,7 @@ def test_pinned_attention_backend_is_in_force_while_decoding(tiny_ckpt, question
 
 def test_perturbed_answer_file_is_caught(rebuild_file, tmp_path, caplog, capsys):
     answers = rows(rebuild_file)
-    ids = answers[1]["choices"][0]["token_ids"][1]
+    ids = answers[1]["choices"][0]["detail"]["token_ids"][1]
     position = min(3, len(ids) - 1)
     ids[position] += 1
     perturbed = tmp_path / "perturbed.jsonl"
@@ -216,13 +224,13 @@ def test_multi_turn_prompt_carries_the_history(tiny_ckpt):
 
         def generate(self, input_ids, **kwargs):
             prompts.append(tokenizer.decode(input_ids[0]))
-            return GenerationResult(input_ids, reply + [eot], 3, [1, 2, 0])
+            return GenerationResult(input_ids, reply + [eot], 1, [len(reply) - 1])  # one step
 
     Recorder.tokenizer = tokenizer
     cfg = GenConfig("eagle", "b", "d", "m", Path("a.jsonl"), Path("q.jsonl"))
     choice, _ = Answerer(Recorder(), cfg, {}).choice({"turns": ["First question?", "Second one?"]}, 0)
     assert choice["turns"] == ["The capital is Paris."] * 2
-    assert choice["new_tokens"] == [len(reply) + 1] * 2 and choice["token_ids"][0][-1] == eot
+    assert choice["new_tokens"] == [len(reply) + 1] * 2 and choice["detail"]["token_ids"][0][-1] == eot
     first, second = prompts
     assert first.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
     assert SYSTEM_PROMPT.strip() in first and first.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from evaluation import speed
+from evaluation.answers import add_turn, new_choice
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"method": "eagle", "mask_impl": "rebuild", "base_model": "/m/base", "draft_model": "/m/draft",
@@ -21,12 +22,15 @@ SETTINGS = {"method": "eagle", "mask_impl": "rebuild", "base_model": "/m/base", 
 
 def answer(qid: int, category: str, turns: list[list[int]], wall: float = 0.5,
            settings: dict = SETTINGS, accepts: list[list[int]] = None) -> dict:
-    accepts = accepts or [[1] * (len(ids) // 2) for ids in turns]
+    """One answer line; `accepts`: accepted draft tokens per step of each turn (default: one per
+    step, so a turn of n tokens takes n // 2 steps, the last one cut short when n is even)."""
+    drafted = settings["method"] != "baseline"  # plain decoding drafts nothing
+    accepts = accepts or [[1] * (len(ids) // 2) if drafted else [] for ids in turns]
+    choice = new_choice(0)
+    for ids, accepted in zip(turns, accepts):
+        add_turn(choice, "text", ids, accepted, wall, drafted)
     return {"question_id": qid, "answer_id": f"a{qid}", "model_id": "m", "tstamp": 1.0,
-            "category": category, "settings": settings,
-            "choices": [{"index": 0, "turns": ["text"] * len(turns), "new_tokens": [len(t) for t in turns],
-                         "wall_time": [wall] * len(turns), "steps": [len(a) for a in accepts],
-                         "accept_lengths": accepts, "token_ids": turns}]}
+            "category": category, "settings": settings, "choices": [choice]}
 
 
 def answers(wall: float = 0.5, settings: dict = SETTINGS) -> list[dict]:
@@ -69,8 +73,10 @@ def test_identical_runs_exit_0_with_report(pair, tmp_path, capsys):
     lo, hi = report["speedup"]["ci95"]
     assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
     assert [c["category"] for c in report["categories"]] == ["math", "writing"]
-    assert report["opt"]["acceptance"]["tokens_per_step"] == pytest.approx(2.0)
-    assert report["opt"]["acceptance"]["accepted_per_step"] == pytest.approx(1.0)
+    acceptance = report["opt"]["acceptance"]
+    assert acceptance["new_tokens_per_step"] == pytest.approx(24 / 12)  # 12 steps
+    assert acceptance["mean_acceptance_length"] == pytest.approx((12 + 12) / 12)  # accepted + bonus
+    assert acceptance["mean_accept_lengths"] == pytest.approx((24 - 6) / 12)  # 6 cut last steps
     assert (out / "r.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "outputs identical" in printed and printed == (out / "r.md").read_text()
@@ -92,7 +98,7 @@ def test_speedup_ci_brackets_a_noisy_ratio(tmp_path):
 def test_perturbed_tokens_exit_1_naming_question_turn_position(pair, caplog, capsys):
     a, b = pair
     rows = [json.loads(line) for line in b.read_text().splitlines()]
-    rows[1]["choices"][0]["token_ids"][1][3] = 999  # question 82, turn 2, token 3
+    rows[1]["choices"][0]["detail"]["token_ids"][1][3] = 999  # question 82, turn 2, token 3
     write(b, rows)
     assert run_speed("--baseline", a, "--opt", b) == 1
     printed = capsys.readouterr().out
@@ -211,3 +217,25 @@ def test_script_and_module_entry_points_report_exit_codes(pair):
         assert done.returncode == 0, done.stderr
         assert "outputs identical" in done.stdout
 
+
+
+def test_files_in_the_format_before_the_standard_fields_are_refused(tmp_path, caplog):
+    old = answers()
+    for row in old:  # per-turn steps and accepted drafts, ids beside them, no decoding_steps / idxs
+        c = row["choices"][0]
+        c.update(steps=c.pop("decoding_steps"), token_ids=c["detail"]["token_ids"],
+                 accept_lengths=c.pop("detail")["accepted_drafts"])
+        del c["idxs"]
+    a, b = write(tmp_path / "a.jsonl", answers()), write(tmp_path / "old.jsonl", old)
+    assert run_speed("--baseline", a, "--opt", b) == 2
+    assert f"{b}:1: this answer was written in the format before" in caplog.text
+    assert "delete the file and rerun the generator command" in caplog.text
+
+
+def test_unreadable_or_binary_input_is_bad_input_not_a_mismatch(pair, tmp_path, caplog):
+    a, _ = pair
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert run_speed("--baseline", a, "--opt", binary) == 2
+    assert f"{binary}: not UTF-8 text" in caplog.text
+    assert run_speed("--baseline", a, "--opt", tmp_path) == 2  # a folder
