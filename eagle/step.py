@@ -8,9 +8,10 @@ least MIN_WINDOW slots, at most the cache), so a graph exists per window and per
 captured together before a configuration's first prefill (`StepGraphs.capture`).
 
 Segments of an EAGLE step: draft (draft forward over the accepted tokens, tree levels, selection),
-tree buffers (`--mask-impl`), verify (verify forward, greedy acceptance, KV compaction). With a
-sync-free mask implementation the three are one graph; `rebuild` and `incremental` run their host
-part eagerly between the captured draft and verify segments.
+tree buffers (`--mask-impl`), verify forward, posterior (greedy acceptance) and KV update
+(compaction, next inputs). With a sync-free mask implementation the whole step is one graph;
+`rebuild` and `incremental` run their host part eagerly between the captured segments, and a
+profiled run replays every segment as its own graph to time it.
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ class PlainStep:
 
 
 class EagleStep:
-    """The static buffers of one EAGLE step and its three segments (C = max_depth + 1).
+    """The static buffers of one EAGLE step and its segments: draft, tree buffers, verify forward,
+    posterior, KV update (C = max_depth + 1).
 
     Inputs of a step: `features` [1, C, 3H] base aux states at the accepted nodes and `tokens` [C]
     the tokens that follow them, `count` of them real; `cache_len` the base cache length. Its
