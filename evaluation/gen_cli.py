@@ -212,7 +212,11 @@ def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
                    help="untimed passes over the first pending question (default: 1)")
     if method == "eagle":
         g.add_argument("--profile", action="store_true",
-                       help="time each step's sections; writes ANSWER_FILE.profile.json")
+                       help="time each step's sections with CUDA events (perf_counter on the CPU); "
+                            "with CUDA graphs every segment of a step (draft, tree buffers, verify "
+                            "forward, posterior, KV update) replays as its own graph and is timed, "
+                            "the first step after the prefill left out; writes "
+                            "ANSWER_FILE.profile.json")
 
 
 def _tree_group(parser: argparse.ArgumentParser, method: str) -> None:

@@ -1,5 +1,7 @@
 """The fixed-shape pieces behind CUDA graphs, on the CPU: windows, masks at a device-side start,
-padded draft input, greedy acceptance without host reads."""
+padded draft input, greedy acceptance without host reads, the --cuda-graph setting."""
+import json
+
 import pytest
 import torch
 
@@ -64,3 +66,19 @@ def test_greedy_acceptance_on_the_device_pads_past_the_count():
     assert int(res.count) == 3 and res.path.tolist() == [0, 3, 4, 0, 0]
     assert res.tokens.tolist() == [3, 4, 7, 0, 0]
     assert accept_greedy(logits, tokens, retrieve).tokens == [3, 4, 7]
+
+
+def test_cuda_graph_setting_is_checked_and_recorded(tiny_ckpt, tmp_path, caplog):
+    from evaluation.gen_cli import main as gen_main
+
+    question = tmp_path / "q.jsonl"
+    question.write_text('{"question_id": 1, "category": "writing", "turns": ["Hi"]}\n')
+    common = ["--base-model-path", str(tiny_ckpt / "base"), "--question-file", str(question),
+              "--max-new-token", "4", "--device", "cpu", "--warmup", "0"]
+    refused = tmp_path / "refused.jsonl"
+    assert gen_main("baseline", common + ["--cuda-graph", "on", "--answer-file", str(refused)]) == 2
+    assert "--cuda-graph on needs a CUDA device" in caplog.text and not refused.exists()
+    answers = tmp_path / "a.jsonl"
+    assert gen_main("baseline", common + ["--answer-file", str(answers)]) == 0
+    settings = json.loads(answers.read_text().splitlines()[0])["settings"]
+    assert settings["cuda_graph"] == "off" and settings["attention_kernel"] == "torch default"
