@@ -13,7 +13,6 @@ import json
 import logging
 import platform
 import time
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from eagle.ea_model import resolve_device as eagle_device
+from eagle.llama import attention_backend, resolve_attention
 from eagle.profiling import ProfileReport
 
 from .answers import AnswerWriter, add_turn, answered_ids, iter_lines, new_choice, sort_and_dedup
@@ -93,36 +93,25 @@ def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
     if cfg.preset is not None:
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
-        return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length)
+        return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
+                       cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
     return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
-                                   max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path)
-
-
-ATTENTION = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-             "flash": "FLASH_ATTENTION"}  # --attention-backend -> torch's SDPBackend member
-
-
-def attention_backend(name: str) -> AbstractContextManager:
-    """A context pinning scaled_dot_product_attention to one backend ("auto": torch chooses)."""
-    if name == "auto":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(getattr(SDPBackend, ATTENTION[name]))
+                                   max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
+                                   cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
 
 
 def check_attention_backend(model, cfg: GenConfig) -> None:
     """Refuse a pinned backend that cannot run the engine's attention here, before any answer."""
-    if cfg.attention_backend == "auto":
-        return
     w = model.base.lm_head.weight
+    if resolve_attention(cfg.attention_backend, w.device) is None:
+        return
     q = torch.zeros(1, 2, 3, model.base.args.head_dim, device=w.device, dtype=w.dtype)  # [1, H, S, D]
     k = torch.zeros(1, 2, 5, model.base.args.head_dim, device=w.device, dtype=w.dtype)
-    mask = torch.ones(3, 5, dtype=torch.bool, device=w.device)  # boolean, like every engine mask
+    mask = torch.zeros(3, 5, device=w.device, dtype=w.dtype)  # an additive bias, like the engine's
     try:
-        with attention_backend(cfg.attention_backend):
+        with attention_backend(cfg.attention_backend, w.device):
             torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)
     except RuntimeError as exc:
         reason = str(exc).splitlines()[0]
@@ -172,11 +161,19 @@ def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> di
         "temperature": cfg.temperature, "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
         "max_new_token": cfg.max_new_token, "max_length": cfg.max_length,
         "attention_backend": cfg.attention_backend,
+        "attention_kernel": resolve_attention(cfg.attention_backend, device) or "torch default",
+        "cuda_graph": graph_setting(cfg, device),
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version("eagle-mask-bench"), "python": platform.python_version(),
     }
+
+
+def graph_setting(cfg: GenConfig, device: torch.device) -> str:
+    if not cfg.graphs_on(device):
+        return "off"
+    return "on (greedy steps; sampling runs eager)" if cfg.temperature > 0 else "on"
 
 
 def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:
@@ -208,11 +205,10 @@ class Answerer:
                       max_new_tokens=c.max_new_token, seed=seed)
         self._sync()
         start = time.perf_counter()
-        with attention_backend(c.attention_backend):
-            if c.drafts:
-                result = self.model.generate(input_ids, profile=c.profile, **kwargs)
-            else:
-                result = self.model.naive_generate(input_ids, **kwargs)
+        if c.drafts:
+            result = self.model.generate(input_ids, profile=c.profile, **kwargs)
+        else:
+            result = self.model.naive_generate(input_ids, **kwargs)
         self._sync()
         return result, time.perf_counter() - start
 
