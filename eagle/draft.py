@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .config import ModelArgs, TreeConfig
 from .llama import MLP, Attention, KVCache, RMSNorm, Rotary, causal_mask
-from .tree.masks import Section
+from .tree.masks import Section, no_section
 from .tree.select import Candidates, DraftTree
 
 
@@ -29,9 +29,9 @@ class DraftLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start: int, mask: Tensor) -> Tensor:
+    def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start, bias: Tensor) -> Tensor:
         x = torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)  # [1, S, 2H]
-        h = h + self.self_attn(x, cos, sin, kv, 0, start, mask)
+        h = h + self.self_attn(x, cos, sin, kv, 0, start, bias)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -63,7 +63,8 @@ class Eagle3Draft(nn.Module):
         if h.shape[-1] != self.args.hidden_size:
             h = self.fc(h)
         cos, sin = self.rotary(positions, emb.dtype)
-        return self.midlayer(emb, h, cos, sin, kv, start, mask)
+        bias = self.midlayer.self_attn.bias(mask, emb.dtype)  # [rep*S, W]
+        return self.midlayer(emb, h, cos, sin, kv, start, bias)
 
     def log_probs(self, h: Tensor) -> Tensor:
         # h: [..., H] -> [..., draft_vocab]
@@ -78,14 +79,18 @@ class Drafter:
     """Runs the draft head over accepted tokens and grows a token tree, one call per decoding step.
 
     The head's own KV cache holds one entry per accepted token (the tree levels written after them
-    are scratch and get overwritten next step). `reset` reallocates it when the head has moved to
-    another device or dtype since, so a model moved or cast after construction drafts correctly.
+    are scratch and get overwritten next step); its length `n_ctx` lives on the device, so a step
+    has fixed shapes when its input is padded to a fixed width. `reset` reallocates the cache when
+    the head has moved to another device or dtype since, so a model moved or cast after
+    construction drafts correctly.
     """
 
     def __init__(self, head: Eagle3Draft, embed: nn.Embedding, tree: TreeConfig, max_len: int):
         self.head, self.embed, self.tree = head, embed, tree
-        self.kv_len = max_len + tree.depth * tree.top_k  # accepted tokens + one step's tree levels
+        # accepted tokens, one padded step input and one step's tree levels
+        self.kv_len = max_len + tree.max_depth + 1 + tree.depth * tree.top_k
         self.kv: Optional[KVCache] = None
+        self.n_ctx: Optional[Tensor] = None  # 0-d int64 on the head's device
         self.reset()
 
     def reset(self) -> None:
@@ -95,30 +100,44 @@ class Drafter:
             self.kv = None  # free the old buffer before allocating the new one
             a = self.head.args
             self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, self.kv_len, w.dtype, w.device)
-        self.n_ctx = 0
+        if self.n_ctx is None or self.n_ctx.device != w.device:
+            self.n_ctx = torch.zeros((), dtype=torch.long, device=w.device)
+        self.n_ctx.zero_()
 
-    def step(self, features: Tensor, tokens: Tensor, section: Section) -> DraftTree:
+    def step(self, features: Tensor, tokens: Tensor, section: Section = no_section,
+             count: Optional[Tensor] = None, window: Optional[int] = None) -> DraftTree:
         """features: [1, m, 3H] base aux states at the newly accepted positions; tokens: [m] the
-        tokens that follow them (the last one is the new root)."""
-        k, head = self.tree.top_k, self.head
-        start, m, dev = self.n_ctx, tokens.shape[0], tokens.device
+        tokens that follow them. Only the first `count` rows (0-d tensor; default all m) are
+        real, the last real token being the new root; the rest is padding. Attention runs over
+        the first `window` slots of the draft cache (default: all of them); the caller promises
+        n_ctx + max(m, depth * top_k) <= window."""
+        k, head, m, dev = self.tree.top_k, self.head, tokens.shape[0], tokens.device
+        count = torch.full((), m, device=dev) if count is None else count
+        window = self.kv_len if window is None else window
+        start = self.n_ctx.clone()
         with section("draft_forward"):
-            h = head(self.embed(tokens)[None], features, torch.arange(start, start + m, device=dev),
-                     self.kv, start, causal_mask(start, m, dev))
-        self.n_ctx = ctx = start + m
+            h = head(self.embed(tokens)[None], features, start + torch.arange(m, device=dev),
+                     self.kv, start, causal_mask(start, m, dev, window))
+        self.n_ctx += count
+        ctx, last = self.n_ctx, count - 1
         with section("draft_select"):
-            cands = Candidates(head.log_probs(h[0, -1]), k)
-            frontier_h = h[:, -1:].expand(1, k, h.shape[-1])  # [1, k, H]
+            h_root = h[0].index_select(0, last[None])  # [1, H]
+            cands = Candidates(head.log_probs(h_root[0]), k)
+            frontier_h = h_root[None].expand(1, k, h.shape[-1])  # [1, k, H]
             eye = torch.eye(k, dtype=torch.bool, device=dev)
             level_mask = eye  # [k, k*(level+1)]: each frontier node sees its ancestors and itself
+            cols = torch.arange(window, device=dev)
         for i in range(self.tree.depth):
             with section("draft_forward"):
-                mask = torch.cat((torch.ones(k, ctx, dtype=torch.bool, device=dev), level_mask), 1)
+                # slots < ctx: accepted tokens; ctx..ctx+k*(i+1): the levels so far
+                rel = (cols - ctx).clamp(0, k * (i + 1) - 1)
+                levels = level_mask.gather(1, rel[None, :].expand(k, -1)) & (cols < ctx + k * (i + 1))
+                mask = (cols < ctx)[None, :] | levels  # [k, window]
                 out = head(self.embed(head.to_target(cands.frontier_ids))[None], frontier_h,
-                           torch.full((k,), ctx + i, device=dev), self.kv, ctx + i * k, mask)
+                           (ctx + i).expand(k), self.kv, ctx + i * k, mask)
             with section("draft_select"):
                 rows = cands.expand(head.log_probs(out[0]))  # [k] parent row of each new node
                 frontier_h = out[:, rows]  # [1, k, H]
                 level_mask = torch.cat((level_mask[rows], eye), dim=1)
         with section("draft_select"):
-            return cands.select(tokens[-1:], self.tree, head.to_target)
+            return cands.select(tokens.index_select(0, last[None]), self.tree, head.to_target)

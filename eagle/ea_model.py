@@ -17,10 +17,11 @@ from torch import Tensor, nn
 from .checkpoint import load_base, load_draft
 from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
-from .llama import LlamaForCausalLM, causal_mask, tree_attention_mask
+from .llama import LlamaForCausalLM, attention_backend, causal_mask, resolve_attention
 from .profiling import ProfileReport, StepProfiler
-from .tree.masks import build_tree_buffers, require_available
-from .verify import Sampler, accept_greedy, accept_sampling
+from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
+from .tree.masks import get_mask_impl, no_section, require_available
+from .verify import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,11 @@ class TokenBudget:
 
 class EaModel(nn.Module):
     def __init__(self, base: LlamaForCausalLM, head: Optional[Eagle3Draft], tree: TreeConfig,
-                 mask_impl: str = "rebuild", tokenizer=None, max_length: int = 4096):
-        """`head=None`: a base model alone, for `naive_generate` (the baseline)."""
+                 mask_impl: str = "rebuild", tokenizer=None, max_length: int = 4096,
+                 cuda_graph: Optional[bool] = None, attention: str = "auto"):
+        """`head=None`: a base model alone, for `naive_generate` (the baseline). `cuda_graph`:
+        replay greedy decoding steps as CUDA graphs (default: on with CUDA; sampling runs
+        eager); `attention`: the SDPA backend ("auto": deterministic `efficient` on CUDA)."""
         super().__init__()
         if head is not None and (head.args.target_hidden_size != base.args.hidden_size or
                                  head.args.vocab_size != base.args.vocab_size):
@@ -83,11 +87,25 @@ class EaModel(nn.Module):
         if head is not None:
             base.set_aux_layers(aux_layer_inputs(base.args.num_hidden_layers,
                                                  head.args.aux_layer_ids))
+            if head.args.aux_layer_ids:
+                log.info("the head's config names base layers %s (eagle_aux_hidden_state_layer_"
+                         "ids): it reads the inputs of layers %s", list(head.args.aux_layer_ids),
+                         list(base.aux_layers))
         self.base, self.head, self.tree = base, head, tree
         self.mask_impl, self.tokenizer, self.max_length = mask_impl, tokenizer, max_length
         self.stop_ids = self._stop_ids()
         self.drafter = Drafter(head, head.token_embedding(base.model.embed_tokens), tree,
                                max_length) if head is not None else None
+        on_cuda = self.device.type == "cuda"
+        if cuda_graph and not on_cuda:
+            raise ConfigError(f"CUDA graphs need a CUDA device, the model is on {self.device.type}; "
+                              f"turn them off")
+        resolve_attention(attention, self.device)
+        self.attention = attention
+        self.graphs = StepGraphs(on_cuda if cuda_graph is None else cuda_graph)
+        self.plain_graphs = StepGraphs(self.graphs.enabled)
+        self.eagle_step: Optional[EagleStep] = None
+        self.plain_step: Optional[PlainStep] = None
 
     @classmethod
     def from_pretrained(cls, base_model_path: Union[str, Path], ea_model_path: Union[str, Path, None],
@@ -95,7 +113,8 @@ class EaModel(nn.Module):
                         torch_dtype: torch.dtype = torch.float16, device_map="auto",
                         mask_impl: str = "rebuild", use_eagle3: bool = True,
                         max_length: int = 4096,
-                        tokenizer_path: Union[str, Path, None] = None) -> "EaModel":
+                        tokenizer_path: Union[str, Path, None] = None,
+                        cuda_graph: Optional[bool] = None, attention: str = "auto") -> "EaModel":
         """Load an HF Llama base and an EAGLE-3 head (upstream keyword names); the tokenizer comes
         from `tokenizer_path`, by default the base model's directory. `ea_model_path=None` loads
         the base alone (`naive_generate` only)."""
@@ -109,7 +128,7 @@ class EaModel(nn.Module):
         head = load_draft(Path(ea_model_path), torch_dtype, device,
                           base.model.embed_tokens.weight) if ea_model_path else None
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or base_model_path))
-        return cls(base, head, tree, mask_impl, tokenizer, max_length)
+        return cls(base, head, tree, mask_impl, tokenizer, max_length, cuda_graph, attention)
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -146,63 +165,107 @@ class EaModel(nn.Module):
     def _next_token(logits: Tensor, sampler: Optional[Sampler]) -> int:
         return sampler.sample(sampler.probs(logits)) if sampler else int(logits.argmax())
 
+    def _fingerprint(self, modules: list, tensors: list) -> tuple:
+        """What captured graphs depend on: the addresses and shapes of the weights of `modules`
+        and of `tensors` (caches, step buffers), and the attention backend."""
+        every = [p for m in modules for p in m.parameters()] + tensors
+        return (resolve_attention(self.attention, self.device),
+                *((t.data_ptr(), tuple(t.shape)) for t in every))
+
+    def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:
+        """Caches, step buffers and (greedy, graphs on) the captured segments, before the prefill.
+        Returns the step and whether it replays as one graph."""
+        self.base.setup_cache(self.max_length)
+        self.drafter.reset()
+        w = self.base.lm_head.weight
+        step = self.eagle_step
+        if step is None or step.features.dtype != w.dtype or step.features.device != w.device:
+            step = self.eagle_step = EagleStep(self.base, self.drafter, self.tree, self.mask_impl)
+        step.drafter, step.mask_impl = self.drafter, self.mask_impl  # either may be swapped
+        fused = self.graphs.enabled and greedy and not profile and \
+            get_mask_impl(self.mask_impl).sync_free
+        if self.graphs.enabled and greedy:
+            self.graphs.check(self._fingerprint(
+                [self.base, self.head], [self.base.kv.data, self.drafter.kv.data, self.drafter.n_ctx,
+                                         step.features, step.retrieve]))
+            self.graphs.capture(step.segments(self.graphs, all_windows(self.max_length), fused),
+                                step.reset)
+        return step, fused
+
     @torch.inference_mode()
     def generate(self, input_ids: Tensor, temperature: float = 0.0, top_p: float = 0.0,
                  top_k: int = 0, max_new_tokens: int = 512, seed: int = 0,
                  profile: bool = False) -> GenerationResult:
-        """EAGLE-3 decoding of one prompt ([1, n] ids); returns ids and per-call statistics."""
+        """EAGLE-3 decoding of one prompt ([1, n] ids); returns ids and per-call statistics.
+
+        With graphs on, greedy steps after the first replay captured graphs. `profile` then
+        replays the step per segment (draft, tree buffers, verify forward, posterior, KV update:
+        one graph each, the host part of `rebuild`/`incremental` eager between them) timed with
+        CUDA events; the draft segment holds draft forwards and selection together, and the
+        first step after the prefill runs eagerly, left out of the profile."""
         if self.drafter is None:
             raise ConfigError("this model has no draft head (loaded for the baseline); use "
                               "naive_generate, or load an EAGLE-3 head to decode with draft trees")
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         prof = StepProfiler(enabled=profile, cuda=self.device.type == "cuda")
-        t = self.tree.num_nodes
-        ids, out = self._prefill(input_ids, max_new_tokens, t + 1)
-        self.drafter.reset()
-        budget = TokenBudget(max_new_tokens, self.stop_ids)
-        root = self._next_token(out.logits[0, -1], sampler)
-        budget.extend([root])
-        features = out.aux_hidden  # [1, n, 3H]
-        follow = torch.cat((ids[1:], torch.tensor([root], device=ids.device)))
-        cache_len, steps, accepts = ids.shape[0], 0, []
-        while not budget.done:
-            with prof.section("step_total"):
-                tree = self.drafter.step(features, follow, prof.section)
-                buffers = build_tree_buffers(tree.parents, self.tree.max_depth, self.mask_impl,
-                                             prof.section)
-                with prof.section("verify_forward"):
-                    verify = self.base(tree.tokens[None], cache_len + buffers.position_ids, cache_len,
-                                       tree_attention_mask(cache_len, buffers.mask))
-                with prof.section("posterior"):
-                    logits = verify.logits[0]  # [T+1, V]
-                    acc = accept_sampling(logits, tree.tokens, buffers.retrieve_indices, sampler) \
-                        if sampler else accept_greedy(logits, tree.tokens, buffers.retrieve_indices)
-                with prof.section("kv_update"):
-                    self.base.kv.compact(cache_len, cache_len + acc.path)
-                    features = verify.aux_hidden[:, acc.path]  # [1, a+1, 3H]
-                    follow = torch.tensor(acc.tokens, device=ids.device)
-                    cache_len += acc.path.shape[0]
-            prof.end_step()
-            steps += 1
-            accepts.append(acc.accept_length)
-            budget.extend(acc.tokens)
-        return self._result(ids, budget, steps, accepts, prof.report() if profile else None)
+        with attention_backend(self.attention, self.device):
+            step, fused = self._eagle_ready(sampler is None, profile)
+            ids, out = self._prefill(input_ids, max_new_tokens, step.extra)
+            budget = TokenBudget(max_new_tokens, self.stop_ids)
+            root = self._next_token(out.logits[0, -1], sampler)
+            budget.extend([root])
+            n = ids.shape[0]
+            follow = torch.cat((ids[1:], torch.tensor([root], device=ids.device)))
+            first = (out.aux_hidden, follow, torch.tensor(n, device=ids.device))
+            step.cache_len.fill_(n)
+            cache_len, accepts = n, []
+            while not budget.done:
+                window = window_for(cache_len + step.extra, self.max_length)
+                timed = first is None or not self.graphs.enabled
+                section = prof.section if timed else no_section
+                with section("step_total"):
+                    step.run(self.graphs, window, section, fused, first, sampler)
+                if timed:
+                    prof.end_step()
+                tokens, first = step.result(), None
+                cache_len += len(tokens)
+                accepts.append(len(tokens) - 1)
+                budget.extend(tokens)
+        return self._result(ids, budget, len(accepts), accepts, prof.report() if profile else None)
+
+    def _plain_ready(self, greedy: bool) -> PlainStep:
+        self.base.setup_cache(self.max_length)
+        w = self.base.lm_head.weight
+        step = self.plain_step
+        if step is None or step.token.device != w.device:
+            step = self.plain_step = PlainStep(self.base, w.device)
+        if self.plain_graphs.enabled and greedy:
+            self.plain_graphs.check(self._fingerprint([self.base], [self.base.kv.data, step.token]))
+            self.plain_graphs.capture({("plain", w): (lambda w=w: step.greedy(w))
+                                       for w in all_windows(self.max_length)}, step.reset)
+        return step
 
     @torch.inference_mode()
     def naive_generate(self, input_ids: Tensor, temperature: float = 0.0, top_p: float = 0.0,
                        top_k: int = 0, max_new_tokens: int = 512, seed: int = 0) -> GenerationResult:
-        """Plain autoregressive decoding of the base model with the same stopping rules."""
+        """Plain autoregressive decoding of the base model with the same stopping rules: a step
+        per token (captured with graphs on, greedy), one read of its token."""
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
-        ids, out = self._prefill(input_ids, max_new_tokens, 0)
-        budget = TokenBudget(max_new_tokens, self.stop_ids)
-        budget.extend([self._next_token(out.logits[0, -1], sampler)])
-        pos = ids.shape[0]
-        while not budget.done:
-            tok = torch.tensor([[budget.ids[-1]]], device=ids.device)
-            out = self.base(tok, torch.tensor([pos], device=ids.device), pos,
-                            causal_mask(pos, 1, ids.device))
+        with attention_backend(self.attention, self.device):
+            step = self._plain_ready(sampler is None)
+            ids, out = self._prefill(input_ids, max_new_tokens, 0)
+            budget = TokenBudget(max_new_tokens, self.stop_ids)
             budget.extend([self._next_token(out.logits[0, -1], sampler)])
-            pos += 1
+            step.cache_len.fill_(ids.shape[0])
+            step.token.fill_(budget.ids[-1])
+            while not budget.done:
+                window = window_for(ids.shape[0] + len(budget.ids), self.max_length)
+                if sampler is None:
+                    self.plain_graphs.run(("plain", window), lambda: step.greedy(window))
+                    budget.extend([int(step.token)])
+                else:
+                    budget.extend([self._next_token(step.forward(window), sampler)])
+                    step.token.fill_(budget.ids[-1])
         return self._result(ids, budget, len(budget.ids) - 1, [], None)
 
     @staticmethod

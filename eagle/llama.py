@@ -8,13 +8,16 @@ earlier tokens each may attend to. It returns logits and the EAGLE-3 auxiliary h
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ConfigError, ModelArgs, RopeConfig
+
+Start = Union[int, Tensor]  # a first cache slot: a host int, or a 0-d int64 tensor on the device
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> Tensor:
@@ -87,7 +90,13 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention over a K/V view; `in_features` is 2H in the EAGLE-3 draft layer."""
+    """Grouped-query attention over a fixed window of the KV cache; `in_features` is 2H in the
+    EAGLE-3 draft layer.
+
+    The window is the mask's width: keys and values are the cache's first `width` slots, a view
+    (no copy). Grouped-query attention folds each group's query heads into query rows of its K/V
+    head ([1, Hkv, rep*S, D]), so no K/V head is ever repeated and every SDPA backend, the
+    deterministic memory-efficient one included, can run it."""
 
     def __init__(self, args: ModelArgs, in_features: int):
         super().__init__()
@@ -98,24 +107,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, args.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int, start: int,
-                mask: Tensor) -> Tensor:
-        # x: [1, S, in]; mask: [S, start + S] bool (True = may attend)
-        s = x.shape[1]
-        q = self.q_proj(x).view(1, s, self.n_heads, self.head_dim).transpose(1, 2)  # [1, H, S, D]
-        k = self.k_proj(x).view(1, s, self.n_kv, self.head_dim).transpose(1, 2)  # [1, Hkv, S, D]
-        v = self.v_proj(x).view(1, s, self.n_kv, self.head_dim).transpose(1, 2)
+    def bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """mask: [S, W] bool (True = may attend) -> [rep*S, W] additive bias for the folded query
+        rows (0 or -inf, what SDPA makes of a boolean mask), built once per forward."""
+        rep = self.n_heads // self.n_kv
+        rows = mask if rep == 1 else mask.repeat(rep, 1)
+        bias = torch.zeros(rows.shape, dtype=dtype, device=mask.device)
+        return bias.masked_fill_(~rows, -math.inf)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int, start: Start,
+                bias: Tensor) -> Tensor:
+        # x: [1, S, in]; bias: [rep*S, W] from `bias()` over cache slots 0..W-1;
+        # start: first slot of the new tokens (an int, or a 0-d device tensor)
+        s, rep, d = x.shape[1], self.n_heads // self.n_kv, self.head_dim
+        q = self.q_proj(x).view(1, s, self.n_heads, d).transpose(1, 2)  # [1, H, S, D]
+        k = self.k_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)  # [1, Hkv, S, D]
+        v = self.v_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = kv.write(layer, start, k, v)  # [1, Hkv, start + S, D]
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [1, H, S, D]
-        return self.o_proj(out.transpose(1, 2).reshape(1, s, self.n_heads * self.head_dim))
+        keys, values = kv.write(layer, start, k, v, bias.shape[-1])  # [1, Hkv, W, D] views
+        q = q.reshape(1, self.n_kv, rep * s, d)  # head h = g*rep + r -> group g, row r*S + i
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [1, Hkv, rep*S, D]
+        return self.o_proj(out.reshape(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
 
 
 class KVCache(nn.Module):
-    """All layers' keys and values in one preallocated buffer [layers, 2, Hkv, max_len, D]."""
+    """All layers' keys and values in one preallocated buffer [layers, 2, Hkv, max_len, D].
+
+    Writes go to slots given by a start that may live on the device (`index_copy_`), reads are
+    views of a fixed window, and compaction gathers then scatters along the slot axis: no
+    operation here needs the cache length on the host."""
 
     def __init__(self, layers: int, n_kv: int, head_dim: int, max_len: int, dtype: torch.dtype,
                  device: torch.device):
@@ -129,19 +149,24 @@ class KVCache(nn.Module):
         return self.max_len >= max_len and self.data.dtype == weight.dtype and \
             self.data.device == weight.device
 
-    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k/v [1, Hkv, S, D] at slots start..start+S; return the layer's keys/values so far."""
-        end = start + k.shape[2]
-        if end > self.max_len:
-            raise RuntimeError(f"KV cache overflow: need {end} slots, have {self.max_len}; "
-                               "raise max_length")
-        self.data[layer, 0, :, start:end] = k[0]
-        self.data[layer, 1, :, start:end] = v[0]
-        return self.data[layer, 0, :, :end][None], self.data[layer, 1, :, :end][None]
+    def write(self, layer: int, start: Start, k: Tensor, v: Tensor,
+              width: int) -> tuple[Tensor, Tensor]:
+        """Store k/v [1, Hkv, S, D] at slots start..start+S; return the layer's first `width`
+        slots of keys/values ([1, Hkv, width, D] views)."""
+        s = k.shape[2]
+        end = start + s if isinstance(start, int) else s
+        if max(end, width) > self.max_len:
+            raise RuntimeError(f"KV cache overflow: need {max(end, width)} slots, have "
+                               f"{self.max_len}; raise max_length")
+        slots = start + torch.arange(s, device=k.device)  # [S]
+        self.data[layer, 0].index_copy_(1, slots, k[0])
+        self.data[layer, 1].index_copy_(1, slots, v[0])
+        return self.data[layer, 0, :, :width][None], self.data[layer, 1, :, :width][None]
 
-    def compact(self, start: int, slots: Tensor) -> None:
-        """Move the K/V of `slots` (absolute, ascending) to start..start+len(slots), all layers at once."""
-        self.data[:, :, :, start:start + slots.shape[0]] = self.data[:, :, :, slots]
+    def compact(self, start: Start, slots: Tensor) -> None:
+        """Move the K/V of `slots` (absolute) to start..start+len(slots), all layers at once."""
+        dest = start + torch.arange(slots.shape[0], device=slots.device)
+        self.data.index_copy_(3, dest, self.data.index_select(3, slots))
 
 
 class DecoderLayer(nn.Module):
@@ -152,8 +177,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv, layer, start, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, mask)
+    def forward(self, x, cos, sin, kv, layer, start, bias):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -170,18 +195,24 @@ class BaseOutput(NamedTuple):
     aux_hidden: Tensor  # [1, S, 3H]: inputs of the `aux_layers` (default 2, L//2, L-3), in order
 
 
-def causal_mask(start: int, length: int, device: torch.device) -> Tensor:
-    """[length, start + length] bool: new token i sees the cached prefix and new tokens <= i."""
-    cols = torch.arange(start + length, device=device)
+def causal_mask(start: Start, length: int, device: torch.device,
+                width: Optional[int] = None) -> Tensor:
+    """[length, width] bool: new token i (at slot start + i) sees slots <= start + i. `width`
+    defaults to start + length (an int start); a device `start` needs an explicit window."""
+    cols = torch.arange(start + length if width is None else width, device=device)
     rows = torch.arange(length, device=device)
     return cols[None, :] <= (start + rows)[:, None]
 
 
-def tree_attention_mask(start: int, tree_mask: Tensor) -> Tensor:
-    """[T+1, start + T+1] bool: every tree node sees the whole prefix plus its ancestors."""
+def tree_attention_mask(start: Start, tree_mask: Tensor, width: Optional[int] = None) -> Tensor:
+    """[T+1, width] bool: every tree node (at slots start..start+T) sees the whole prefix plus its
+    ancestors; slots past the tree are masked. `width` defaults to start + T+1 (an int start)."""
     n = tree_mask.shape[0]
-    prefix = torch.ones(n, start, dtype=torch.bool, device=tree_mask.device)
-    return torch.cat((prefix, tree_mask), dim=1)
+    cols = torch.arange(start + n if width is None else width, device=tree_mask.device)  # [W]
+    rel = cols - start  # tree node at each slot, negative in the prefix
+    inside = (rel >= 0) & (rel < n)
+    tree = tree_mask.gather(1, rel.clamp(0, n - 1)[None, :].expand(n, -1))  # [T+1, W]
+    return (rel < 0)[None, :] | (tree & inside[None, :])
 
 
 class LlamaForCausalLM(nn.Module):
@@ -216,16 +247,45 @@ class LlamaForCausalLM(nn.Module):
                               w.dtype, w.device)
         return self.kv
 
-    def forward(self, input_ids: Tensor, positions: Tensor, start: int, mask: Tensor,
+    def forward(self, input_ids: Tensor, positions: Tensor, start: Start, mask: Tensor,
                 last_only: bool = False) -> BaseOutput:
-        """input_ids: [1, S] written to cache slots start..start+S; positions: [S] rope positions."""
+        """input_ids: [1, S] written to cache slots start..start+S; positions: [S] rope positions;
+        mask: [S, W] over the cache's first W slots (the attention window)."""
         x = self.model.embed_tokens(input_ids)  # [1, S, H]
         cos, sin = self.rotary(positions, x.dtype)
+        bias = self.model.layers[0].self_attn.bias(mask, x.dtype)  # [rep*S, W], all layers
         aux_at = self.aux_layers
         saved = {}
         for i, layer in enumerate(self.model.layers):
             if i in aux_at:
                 saved[i] = x
-            x = layer(x, cos, sin, self.kv, i, start, mask)
+            x = layer(x, cos, sin, self.kv, i, start, bias)
         x = self.model.norm(x[:, -1:] if last_only else x)
         return BaseOutput(self.lm_head(x), torch.cat([saved[i] for i in aux_at], dim=-1))
+
+
+# --attention-backend names -> torch's SDPBackend members
+ATTENTION_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                      "flash": "FLASH_ATTENTION"}
+
+
+def resolve_attention(name: str, device: torch.device) -> Optional[str]:
+    """The backend that runs: a pinned name as given; "auto" is `efficient` on CUDA (its
+    memory-efficient kernel reproduces bit for bit run to run; the cuDNN kernel that torch would
+    pick for these masks does not) and torch's own choice (None) elsewhere."""
+    if name == "auto":
+        return "efficient" if device.type == "cuda" else None
+    if name not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {name!r}; choose auto or one of "
+                          f"{', '.join(ATTENTION_BACKENDS)}")
+    return name
+
+
+def attention_backend(name: str, device: torch.device) -> AbstractContextManager:
+    """A context that pins scaled_dot_product_attention to `resolve_attention(name, device)`."""
+    resolved = resolve_attention(name, device)
+    if resolved is None:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, ATTENTION_BACKENDS[resolved]))

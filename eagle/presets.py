@@ -108,9 +108,9 @@ def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: in
 
 def preset_model(preset: str, tree: TreeConfig, mask_impl: str = "rebuild",
                  dtype: torch.dtype = torch.float16, device="auto", seed: int = 0,
-                 max_length: int = 4096):
+                 max_length: int = 4096, cuda_graph=None, attention: str = "auto"):
     """An `EaModel` with random weights (no tokenizer: feed token ids)."""
     from .ea_model import EaModel, resolve_device
 
     base, head = build_random(preset, dtype, resolve_device(device), seed)
-    return EaModel(base, head, tree, mask_impl, None, max_length)
+    return EaModel(base, head, tree, mask_impl, None, max_length, cuda_graph, attention)

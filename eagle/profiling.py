@@ -11,7 +11,8 @@ from typing import Iterator
 
 import torch
 
-SECTIONS = ("draft_forward", "draft_select", "tree_mask", "retrieve_indices", "verify_forward",
+# "draft": draft forwards and selection together, one captured segment (graph-mode profiles)
+SECTIONS = ("draft", "draft_forward", "draft_select", "tree_mask", "retrieve_indices", "verify_forward",
             "posterior", "kv_update", "step_total")
 
 

@@ -8,9 +8,10 @@
   `--wide-head` one 3/4 as wide as the base with its own embedding (`target_hidden_size`, as the
   Llama-3.3-70B head), with `--stray-embedding random|copy` one that also carries an
   `embed_tokens.weight` (random, or the base's), as older published heads do.
-The base is trained briefly on the English corpus of `eagle.tiny_corpus`, then the head is
-distilled on the base's greedy predictions (`eagle.tiny_train`), so acceptance lengths mean
-something.
+The base (32 narrow layers under the one-layer head, as deep as Llama-3.1-8B) is trained briefly
+on the English corpus of `eagle.tiny_corpus` at 8 layers, grown to 32 and trained further; then
+the head is distilled on the base's greedy predictions (`eagle.tiny_train`), so acceptance
+lengths mean something.
 The corpus and tokenizer are fixed; the weights follow `--seed`, byte for byte on one machine.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .draft import Eagle3Draft
 from .llama import LlamaForCausalLM
 from .presets import randomize_
 from .tiny_corpus import BOS, EOT, corpus
-from .tiny_train import TinySpec, init_head, model_args, train_base, train_draft, vocab_map
+from .tiny_train import TinySpec, init_head, model_args, train_draft, trained_base, vocab_map
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +214,10 @@ def _build(out: Path, spec: TinySpec, force: bool) -> Path:
              stream.shape[0], tok.get_vocab_size(), spec.bpe_vocab, len(SPECIAL_TOKENS))
     base_args, head_args = model_args(spec, tok)
     gen = torch.Generator().manual_seed(spec.seed)  # all randomness; the global RNG is untouched
-    base, head = LlamaForCausalLM(base_args), Eagle3Draft(head_args)
-    randomize_(base, spec.seed)
+    base = trained_base(base_args, stream, spec, gen)
+    log.info("base trained (%.1f s so far)", time.perf_counter() - t0)
+    head = Eagle3Draft(head_args)
     randomize_(head, spec.seed + 1)
-    loss = train_base(base, stream, spec, gen)
-    log.info("base: %d steps, final training loss %.3f (%.1f s so far)", spec.base_steps, loss,
-             time.perf_counter() - t0)
     init_head(head, base, *vocab_map(stream, base_args.vocab_size, spec.draft_vocab))
     train_draft(head, base, stream, spec, gen)
     write_base(base_dir, base, tok)

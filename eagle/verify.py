@@ -24,20 +24,38 @@ class Acceptance(NamedTuple):
         return len(self.tokens) - 1
 
 
-def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptance:
-    """logits: [T+1, V] base logits per node; tokens: [T+1]; retrieve: [R, C] (-1 padded)."""
+class GreedyResult(NamedTuple):
+    """Greedy acceptance with fixed shapes, all on the device (C = retrieve width)."""
+
+    path: Tensor  # [C] node indices, root first; entries past `count` are 0
+    tokens: Tensor  # [C] accepted draft tokens then the bonus token; entries past `count` are 0
+    count: Tensor  # 0-d int64: accepted draft tokens + 1
+
+
+def greedy_accept(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> GreedyResult:
+    """logits: [T+1, V] base logits per node; tokens: [T+1]; retrieve: [R, C] (-1 padded).
+
+    No host synchronisation: the tokens that come out are the base's own choices along the
+    winning path (an accepted draft token equals the base argmax before it), bonus included."""
     pad = torch.full((1,), -1, dtype=torch.long, device=tokens.device)
     pred = logits.argmax(dim=-1)  # [T+1] base choice after each node
     cand = torch.cat((tokens, pad))[retrieve]  # [R, C]; index -1 hits the pad
     pred_at = torch.cat((pred, pad))[retrieve]  # [R, C]
     agree = (cand[:, 1:] == pred_at[:, :-1]) & (retrieve[:, 1:] >= 0)  # padding never agrees
-    run = agree.int().cumprod(dim=1).sum(dim=1)  # [R]
-    best = run.argmax()  # first row of maximum length
-    length = run[best]
-    bonus = pred[retrieve[best, length]]
-    host = torch.cat((torch.stack((length, bonus)), cand[best])).tolist()  # one device->host copy
-    a = host[0]
-    return Acceptance(retrieve[best, : a + 1], host[3:3 + a] + [host[1]])
+    run = agree.long().cumprod(dim=1).sum(dim=1)  # [R]
+    best = run.argmax().view(1)  # first row of maximum length (index_select: no host read)
+    length = run.max()
+    keep = torch.arange(retrieve.shape[1], device=tokens.device) <= length  # [C]
+    zero = torch.zeros_like(keep, dtype=torch.long)
+    path, toks = retrieve.index_select(0, best)[0], pred_at.index_select(0, best)[0]
+    return GreedyResult(torch.where(keep, path, zero), torch.where(keep, toks, zero), length + 1)
+
+
+def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptance:
+    """`greedy_accept` read back to the host with one device->host copy."""
+    res = greedy_accept(logits, tokens, retrieve)
+    host = torch.cat((res.count[None], res.tokens)).tolist()
+    return Acceptance(res.path[: host[0]], host[1:1 + host[0]])
 
 
 @dataclass

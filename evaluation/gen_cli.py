@@ -79,7 +79,8 @@ class GenConfig:
     device: str = "auto"
     max_length: int = 4096  # static KV cache: prompt + new tokens + tree must fit
     warmup: int = 1  # untimed passes over the first pending question
-    attention_backend: str = "auto"  # pin one to check reproducibility (docs/BENCHMARKS.md §6)
+    attention_backend: str = "auto"  # auto: deterministic kernels (efficient on CUDA)
+    cuda_graph: Optional[str] = None  # on | off; None: on with CUDA, off elsewhere
 
     def __post_init__(self) -> None:
         self.question_file = Path(self.question_file)
@@ -94,6 +95,10 @@ class GenConfig:
     def drafts(self) -> bool:
         """EAGLE drafts with a head and a mask builder; the baseline loads and uses neither."""
         return self.method == "eagle"
+
+    def graphs_on(self, device) -> bool:
+        """Whether decoding steps replay CUDA graphs on `device` (the resolved --cuda-graph)."""
+        return device.type == "cuda" if self.cuda_graph is None else self.cuda_graph == "on"
 
     @property
     def preset(self) -> Optional[str]:
@@ -171,6 +176,10 @@ class GenConfig:
         if self.with_baseline and not self.drafts:
             raise GenError("--with-baseline belongs to the EAGLE generator (the baseline generator "
                            "answers with plain decoding alone)")
+        if self.cuda_graph not in (None, "on", "off"):
+            raise GenError(f"--cuda-graph must be on or off, got {self.cuda_graph!r}")
+        if self.cuda_graph == "on" and self.device == "cpu":
+            raise GenError("--cuda-graph on needs a CUDA device; use --cuda-graph off with --device cpu")
         if self.preset is not None and self.preset not in PRESETS:
             raise GenError(f"unknown preset {self.preset!r} in --base-model-path; "
                            f"choose preset:{' or preset:'.join(PRESETS)}")
@@ -245,9 +254,13 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, default=4096, metavar="N",
                    help="KV cache length: prompt + new tokens + tree must fit (default: 4096)")
     g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
-                   help="scaled_dot_product_attention backend for every forward (default: auto, "
-                        "torch chooses); pinning one helps tell kernel choice from a real change "
-                        "when fp16 outputs differ between processes")
+                   help="scaled_dot_product_attention backend for every forward (default: auto = "
+                        "efficient on CUDA, whose kernel reproduces bit for bit, torch's choice on "
+                        "the CPU); recorded in the settings with the kernel that ran")
+    g.add_argument("--cuda-graph", choices=("on", "off"), default=None,
+                   help="replay each greedy decoding step as CUDA graphs, captured once per model "
+                        "and tree configuration before the first prompt (default: on with CUDA, "
+                        "off on the CPU); sampling (--temperature > 0) runs eager either way")
 
 
 def _data_group(parser: argparse.ArgumentParser) -> None:
@@ -275,7 +288,11 @@ def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
                    help="untimed passes over the first pending question (default: 1)")
     if method == "eagle":
         g.add_argument("--profile", action="store_true",
-                       help="time each step's sections; writes ANSWER_FILE.profile.json")
+                       help="time each step's sections with CUDA events (perf_counter on the CPU); "
+                            "with CUDA graphs every segment of a step (draft, tree buffers, verify "
+                            "forward, posterior, KV update) replays as its own graph and is timed, "
+                            "the first step after the prefill left out; writes "
+                            "ANSWER_FILE.profile.json")
 
 
 def _tree_group(parser: argparse.ArgumentParser, method: str) -> None:

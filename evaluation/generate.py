@@ -18,6 +18,7 @@ from typing import Optional
 import shortuuid
 import torch
 
+from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
 
 from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
@@ -25,8 +26,8 @@ from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
 from .gen_cli import GenConfig, GenError, Member
 from .interleave import Interrupted, Runner
-from .preflight import (Runtime, attention_backend, check_checkpoints, check_runtime,
-                        check_tokenizer, check_writable, device_name, load_tokenizer)
+from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
+                        device_name, load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +87,25 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
     if cfg.preset is not None:
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
-        return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length)
+        return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
+                       cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
     return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
-                                   max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path)
+                                   max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
+                                   cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
 
 
-def member_model(model, cfg: GenConfig):
-    """An `EaModel` for one member over the loaded weights: its own mask implementation and draft
-    cache, the base and head modules shared (the model is loaded once); every member gets a new
-    one, so that an A/A control is built exactly as an A/B pair is."""
+def member_model(model, cfg: GenConfig, runtime: Runtime):
+    """An `EaModel` for one member over the loaded weights: its own mask implementation, draft
+    cache, step buffers and captured graphs, the base and head modules (and the base's KV cache)
+    shared (the model is loaded once); every member gets a new one, so that an A/A control is built
+    exactly as an A/B pair is."""
     from eagle import EaModel
 
     head = model.head if cfg.drafts else None
-    return EaModel(model.base, head, model.tree, cfg.mask_impl, model.tokenizer, model.max_length)
+    return EaModel(model.base, head, model.tree, cfg.mask_impl, model.tokenizer, model.max_length,
+                   cuda_graph=cfg.graphs_on(runtime.device), attention=cfg.attention_backend)
 
 
 def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
@@ -125,12 +130,20 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "temperature": cfg.temperature, "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
         "max_new_token": cfg.max_new_token, "max_length": cfg.max_length,
         "attention_backend": cfg.attention_backend,
+        "attention_kernel": resolve_attention(cfg.attention_backend, device) or "torch default",
+        "cuda_graph": graph_setting(cfg, device),
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
         "code": code_identity(),
     }
+
+
+def graph_setting(cfg: GenConfig, device: torch.device) -> str:
+    if not cfg.graphs_on(device):
+        return "off"
+    return "on (greedy steps; sampling runs eager)" if cfg.temperature > 0 else "on"
 
 
 def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:
@@ -162,11 +175,10 @@ class Answerer:
                       max_new_tokens=c.max_new_token, seed=seed)
         self._sync()
         start = time.perf_counter()
-        with attention_backend(c.attention_backend):
-            if c.drafts:
-                result = self.model.generate(input_ids, profile=c.profile, **kwargs)
-            else:
-                result = self.model.naive_generate(input_ids, **kwargs)
+        if c.drafts:
+            result = self.model.generate(input_ids, profile=c.profile, **kwargs)
+        else:
+            result = self.model.naive_generate(input_ids, **kwargs)
         self._sync()
         return result, time.perf_counter() - start
 
@@ -269,8 +281,8 @@ def answer_pending(runner: Runner, members: list[Member], runtime: Runtime, toke
     one up and answer."""
     loading = next((m.cfg for m in members if m.cfg.drafts), members[0].cfg)
     model = load_model(loading, runtime, tokenizer)
-    runner.seat(lambda member, settings: Answerer(member_model(model, member.cfg), member.cfg,
-                                                  settings))
+    runner.seat(lambda member, settings: Answerer(member_model(model, member.cfg, runtime),
+                                                  member.cfg, settings))
     runner.warm_up(pending[0][1], loading.warmup)
     runner.run(pending, total)
 

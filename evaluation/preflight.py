@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import platform
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -22,10 +21,6 @@ from eagle.ea_model import resolve_device as eagle_device
 from .gen_cli import GenConfig, GenError
 
 log = logging.getLogger(__name__)
-
-ATTENTION = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-             "flash": "FLASH_ATTENTION"}  # --attention-backend -> torch's SDPBackend member
-
 
 class Runtime(NamedTuple):
     device: torch.device
@@ -58,15 +53,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def attention_backend(name: str) -> AbstractContextManager:
-    """A context pinning scaled_dot_product_attention to one backend ("auto": torch chooses)."""
-    if name == "auto":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(getattr(SDPBackend, ATTENTION[name]))
-
-
 def head_dim(cfg: GenConfig) -> int:
     """The base model's attention head size from its config (128, Llama-3's, when unreadable)."""
     from eagle.config import ConfigError, ModelArgs
@@ -81,15 +67,17 @@ def head_dim(cfg: GenConfig) -> int:
 
 
 def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
-    """Refuse a pinned backend that cannot run the engine's attention here."""
-    if cfg.attention_backend == "auto":
-        return
+    """Refuse a backend (pinned, or auto's choice) that cannot run the engine's attention here."""
+    from eagle.llama import attention_backend, resolve_attention
+
     device, dtype = runtime
+    if resolve_attention(cfg.attention_backend, device) is None:
+        return
     q = torch.zeros(1, 2, 3, head_dim(cfg), device=device, dtype=dtype)  # [1, H, S, D]
     k = torch.zeros(1, 2, 5, head_dim(cfg), device=device, dtype=dtype)
-    mask = torch.ones(3, 5, dtype=torch.bool, device=device)  # boolean, like every engine mask
+    mask = torch.zeros(3, 5, device=device, dtype=dtype)  # an additive bias, like the engine's
     try:
-        with attention_backend(cfg.attention_backend):
+        with attention_backend(cfg.attention_backend, device):
             torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)
     except RuntimeError as exc:
         reason = str(exc).splitlines()[0]
@@ -99,11 +87,15 @@ def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
 
 
 def check_runtime(cfg: GenConfig) -> Runtime:
-    """Device, dtype, every member's mask implementation and the attention backend, here."""
+    """Device, dtype, CUDA graphs, every member's mask implementation and the attention backend,
+    here."""
     from eagle.tree.masks import MaskImplUnavailable, require_available
 
     device = resolve_device(cfg.device)
     runtime = Runtime(device, resolve_dtype(cfg.dtype, device))
+    if cfg.cuda_graph == "on" and device.type != "cuda":
+        raise GenError(f"--cuda-graph on needs a CUDA device, and --device {cfg.device} is "
+                       f"{device.type} here; use --cuda-graph off")
     if cfg.drafts:
         for impl in dict.fromkeys(cfg.mask_impls):
             try:

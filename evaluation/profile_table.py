@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 # (section key, row label); the order of a step: draft -> tree buffers -> verify -> accept -> update
-ROWS = (("draft_forward", "draft forward"), ("draft_select", "draft top-k / selection"),
+ROWS = (("draft", "draft forwards + selection (captured)"), ("draft_forward", "draft forward"),
+        ("draft_select", "draft top-k / selection"),
         ("tree_mask", "tree mask (+ positions)"), ("retrieve_indices", "retrieve indices"),
         ("verify_forward", "verify forward"), ("posterior", "posterior (acceptance)"),
         ("kv_update", "KV update"))

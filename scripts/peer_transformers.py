@@ -12,7 +12,7 @@ one-token `generate` on the same prompt, so that decoding alone is (wall - first
 token. Warm-up calls (compilation) are excluded and reported.
 
     python scripts/peer_transformers.py --tokenizer checkpoints/tiny/base \\
-        --question-begin 80 --question-end 90 --max-new-token 256 --out runs/peer.json
+        --question-begin 0 --question-end 10 --max-new-token 256 --out runs/peer.json
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, required=True, metavar="DIR",
                    help="tokenizer with a Llama-3 chat template (e.g. the tiny base)")
     p.add_argument("--question-file", type=Path, default=Path("data/mt_bench/question.jsonl"))
-    p.add_argument("--question-begin", type=int, default=80)
-    p.add_argument("--question-end", type=int, default=90)
+    p.add_argument("--question-begin", type=int, default=0,
+                   help="slice of the question file (0:10 = question ids 81-90)")
+    p.add_argument("--question-end", type=int, default=10)
     p.add_argument("--max-new-token", type=int, default=256)
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--cache", default="static", choices=("static", "dynamic"),

@@ -83,16 +83,17 @@ class OracleDrafter(Drafter):
         super().__init__(inner.head, inner.embed, inner.tree, 512)
         self.prompt_len, self.truth = prompt_len, truth
 
-    def step(self, features, tokens, section):
-        self.n_ctx += tokens.shape[0]
-        at = self.n_ctx - self.prompt_len  # index of the root token in the new tokens
+    def step(self, features, tokens, section, count=None, window=None):
+        m = tokens.shape[0] if count is None else int(count)  # real rows; the rest is padding
+        self.n_ctx += m
+        at = int(self.n_ctx) - self.prompt_len  # index of the root token in the new tokens
         t, d = self.tree.num_nodes, self.tree.max_depth
         chain = (self.truth[at + 1: at + 1 + d] + [0] * d)[:d]
         gen = torch.Generator().manual_seed(at)
         junk = torch.randint(0, 200, (t - d,), generator=gen).tolist()
         parents = list(range(d)) + [int(torch.randint(0, i + d + 1, (1,), generator=gen))
                                     for i in range(t - d)]
-        tokens = torch.tensor([tokens[-1].item()] + chain + junk)
+        tokens = torch.tensor([tokens[m - 1].item()] + chain + junk)
         return DraftTree(tokens, torch.tensor(parents))
 
 

@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 CHAT = ["What is the capital of France?", "Write a short poem about the sea.",
         "Give me a tip for cooking rice."]
 NEW = 32
-QUICK = dict(base_steps=5, draft_steps=5)
+QUICK = dict(base_steps=5, grow_steps=5, draft_steps=5)
 AUX_KEY = "eagle_aux_hidden_state_layer_ids"
 
 

@@ -14,7 +14,10 @@ from eagle import EaModel
 from eagle.checkpoint import load_base, load_draft
 from eagle.llama import KVCache, causal_mask
 from eagle.tiny import SPECIAL_TOKENS, build, encode_corpus, main
-from eagle.tiny_train import TinySpec, base_forward, draft_forward, vocab_map
+from eagle.config import ModelArgs
+from eagle.llama import LlamaForCausalLM
+from eagle.presets import randomize_
+from eagle.tiny_train import TinySpec, base_forward, draft_forward, grow, vocab_map
 from eagle.tiny_corpus import BOS, EOT, EOT_TEXT, corpus, render_chat
 
 CPU = torch.device("cpu")
@@ -25,7 +28,7 @@ LLAMA3_PROMPT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\
                  "<|start_header_id|>user<|end_header_id|>\n\n"
                  "What is the capital of France?<|eot_id|>"
                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
-QUICK = dict(base_steps=5, draft_steps=5)  # format and determinism checks need no real training
+QUICK = dict(base_steps=5, grow_steps=5, draft_steps=5)  # formats and determinism need no training
 
 
 def sha256(path: Path) -> str:
@@ -118,6 +121,22 @@ def test_load_draft_is_strict_and_vocab_map_is_real(tiny_ckpt):
     stream = encode_corpus(tok.backend_tokenizer, list(corpus(TinySpec().documents)))
     d2t, t2d = vocab_map(stream, vocab, draft_vocab)
     assert torch.equal(d2t, head.d2t) and torch.equal(t2d, head.t2d)
+
+
+def test_grown_base_computes_what_it_was_grown_from():
+    assert TinySpec().layers == 32  # the default base is as deep as Llama-3.1-8B
+    args = ModelArgs(vocab_size=64, hidden_size=32, intermediate_size=96, num_hidden_layers=8,
+                     num_attention_heads=2, num_key_value_heads=1)
+    small = LlamaForCausalLM(args)
+    randomize_(small, 0)
+    big = grow(small, 4)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (want, _), (got, _) = base_forward(small, ids), base_forward(big, ids)
+    assert big.args.num_hidden_layers == 32 and len(big.model.layers) == 32
+    assert (got - want).abs().max().item() <= 1e-5
+    assert torch.equal(big.model.layers[4].mlp.up_proj.weight,
+                       small.model.layers[1].mlp.up_proj.weight)  # layer 1, first of its four
 
 
 def test_vocab_map_breaks_ties_by_id():

@@ -1,0 +1,295 @@
+"""Fixed-shape decoding steps and the object that runs them eagerly or as CUDA graphs.
+
+A step reads and writes only preallocated buffers (token ids, the cache length on the device, the
+tree buffers, the accepted path padded to a fixed width), so one step function serves both ways:
+`StepGraphs.run` calls it, or replays its graph. The decode loop reads one small result per step.
+Attention covers a window of the KV cache: the next power of two above what the step needs (at
+least MIN_WINDOW slots, at most the cache), so a graph exists per window and per segment, all
+captured together before a configuration's first prefill (`StepGraphs.capture`).
+
+Segments of an EAGLE step: draft (draft forward over the accepted tokens, tree levels, selection),
+tree buffers (`--mask-impl`), verify forward, posterior (greedy acceptance) and KV update
+(compaction, next inputs). With a sync-free mask implementation the whole step is one graph;
+`rebuild` and `incremental` run their host part eagerly between the captured segments, and a
+profiled run replays every segment as its own graph to time it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Optional
+
+import torch
+from torch import Tensor
+
+from .config import TreeConfig
+from .draft import Drafter
+from .llama import BaseOutput, LlamaForCausalLM, causal_mask, tree_attention_mask
+from .tree.masks import Section, build_tree_buffers, get_mask_impl, no_section
+from .verify import GreedyResult, Sampler, accept_sampling, greedy_accept
+
+log = logging.getLogger(__name__)
+
+MIN_WINDOW = 128  # smallest attention window; windows double up to the cache length
+
+
+def window_for(need: int, max_len: int) -> int:
+    """The attention window for a step that touches cache slots < need."""
+    w = MIN_WINDOW
+    while w < need:
+        w *= 2
+    return min(w, max_len)
+
+
+def all_windows(max_len: int) -> list[int]:
+    """Every window `window_for` can return for a cache of max_len slots."""
+    out, w = [], MIN_WINDOW
+    while w < max_len:
+        out.append(w)
+        w *= 2
+    return out + [max_len]
+
+
+@dataclass
+class CaptureStats:
+    graphs: int = 0
+    seconds: float = 0.0  # warm-up and capture, device synchronised
+    pool_bytes: int = 0  # GPU memory reserved while capturing (the graphs' private pool)
+
+
+class StepGraphs:
+    """CUDA graphs of step segments, keyed by (segment, window, ...); eager when disabled.
+
+    Graphs remember buffer addresses: `check` drops them all when the fingerprint (the addresses
+    of weights, caches and buffers, the attention backend) has changed since they were captured."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[Hashable, object] = {}  # what each segment returned while captured
+        self.pool = None
+        self.fingerprint: Optional[tuple] = None
+        self.stats = CaptureStats()
+
+    def check(self, fingerprint: tuple) -> None:
+        if fingerprint != self.fingerprint:
+            if self.graphs:
+                log.info("weights, caches or attention backend changed: recapturing CUDA graphs")
+            self.graphs.clear()
+            self.outputs.clear()
+            self.pool, self.fingerprint = None, fingerprint
+
+    def run(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+        """Replay the segment's graph and return its (static) outputs, or call `fn` eagerly."""
+        if not self.enabled:
+            return fn()
+        self.graphs[key].replay()
+        return self.outputs[key]
+
+    def capture(self, segments: dict[Hashable, Callable[[], Any]], reset: Callable[[], None]) -> None:
+        """Capture every missing segment, in order (a segment may read an earlier one's outputs):
+        `reset` puts the buffers in a valid state, one eager run on a side stream warms up
+        (kernel selection, JIT), then the graph is recorded and replayed once."""
+        missing = {k: fn for k, fn in segments.items() if k not in self.graphs}
+        if not self.enabled or not missing:
+            return
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # so that what stays reserved afterwards is the graphs' pool
+        t0, reserved = time.perf_counter(), torch.cuda.memory_reserved()
+        for key, fn in missing.items():
+            reset()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            reset()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.outputs[key] = fn()
+            graph.replay()  # real outputs for the warm-up of a segment that reads them
+            self.pool = graph.pool() if self.pool is None else self.pool
+            self.graphs[key] = graph
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        seconds, grown = time.perf_counter() - t0, torch.cuda.memory_reserved() - reserved
+        self.stats = CaptureStats(self.stats.graphs + len(missing), self.stats.seconds + seconds,
+                                  self.stats.pool_bytes + grown)
+        log.info("captured %d CUDA graphs in %.2f s (graph pool: %.1f MiB)", len(missing), seconds,
+                 grown / 2 ** 20)
+
+
+class PlainStep:
+    """One token of plain decoding: forward at the device-side cache length, argmax in place."""
+
+    def __init__(self, base: LlamaForCausalLM, device: torch.device):
+        self.base = base
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=device)  # [1, 1] the last token
+        self.cache_len = torch.zeros((), dtype=torch.long, device=device)
+
+    def forward(self, window: int) -> Tensor:
+        """Write the last token's K/V at slot cache_len, advance it; returns next logits [V]."""
+        pos = self.cache_len.view(1)
+        out = self.base(self.token, pos, self.cache_len, causal_mask(self.cache_len, 1, pos.device,
+                                                                     window))
+        self.cache_len += 1
+        return out.logits[0, -1]
+
+    def greedy(self, window: int) -> None:
+        self.token.copy_(self.forward(window).argmax().view(1, 1))
+
+    def reset(self) -> None:
+        self.token.zero_()
+        self.cache_len.zero_()
+
+
+class EagleStep:
+    """The static buffers of one EAGLE step and its segments: draft, tree buffers, verify forward,
+    posterior, KV update (C = max_depth + 1).
+
+    Inputs of a step: `features` [1, C, 3H] base aux states at the accepted nodes and `tokens` [C]
+    the tokens that follow them, `count` of them real; `cache_len` the base cache length. Its
+    outputs are the next step's inputs; the host reads `count` and `tokens` (`result`)."""
+
+    def __init__(self, base: LlamaForCausalLM, drafter: Drafter, tree: TreeConfig, mask_impl: str):
+        self.base, self.drafter, self.tree, self.mask_impl = base, drafter, tree, mask_impl
+        w = base.lm_head.weight
+        c, t, dev = tree.max_depth + 1, tree.num_nodes, w.device
+        width = len(base.aux_layers) * base.args.hidden_size  # the aux features the draft reads
+        self.features = torch.zeros(1, c, width, dtype=w.dtype, device=dev)
+        self.tokens = torch.zeros(c, dtype=torch.long, device=dev)
+        self.count = torch.zeros((), dtype=torch.long, device=dev)
+        self.cache_len = torch.zeros((), dtype=torch.long, device=dev)
+        self.tree_tokens = torch.zeros(t + 1, dtype=torch.long, device=dev)
+        self.parents = torch.zeros(t, dtype=torch.long, device=dev)
+        self.mask = torch.zeros(t + 1, t + 1, dtype=torch.bool, device=dev)
+        self.positions = torch.zeros(t + 1, dtype=torch.long, device=dev)
+        self.retrieve = torch.full((t, c), -1, dtype=torch.long, device=dev)
+
+    @property
+    def extra(self) -> int:
+        """Cache slots a step may touch past the cache length (tree, padded input, draft levels)."""
+        return max(self.tree.total_token, self.tree.max_depth + 1, self.tree.depth * self.tree.top_k)
+
+    def draft(self, window: int, section: Section = no_section,
+              first: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
+        """Draft a tree from the step's inputs, or from `first` (features, tokens, count) after
+        the prefill, whose width is the prompt's."""
+        features, tokens, count = first if first is not None else (self.features, self.tokens,
+                                                                   self.count)
+        tree = self.drafter.step(features, tokens, section, count, window)
+        self.tree_tokens.copy_(tree.tokens)
+        self.parents.copy_(tree.parents)
+
+    def tree_buffers(self, section: Section = no_section) -> None:
+        out = build_tree_buffers(self.parents, self.tree.max_depth, self.mask_impl, section)
+        self.mask.copy_(out.mask)
+        self.positions.copy_(out.position_ids)
+        r = out.retrieve_indices  # host implementations return [leaves, deepest + 1]
+        if r.shape == self.retrieve.shape:
+            self.retrieve.copy_(r)
+        else:  # paths cut at max_depth, as the sync-free implementations cut them
+            c = min(r.shape[1], self.retrieve.shape[1])
+            self.retrieve.fill_(-1)[: r.shape[0], :c].copy_(r[:, :c])
+
+    def verify_forward(self, window: int) -> BaseOutput:
+        """The base model over the tree: K/V at slots cache_len.., positions by node depth."""
+        start = self.cache_len
+        return self.base(self.tree_tokens[None], start + self.positions, start,
+                         tree_attention_mask(start, self.mask, window))
+
+    def posterior(self, out: BaseOutput, sampler: Optional[Sampler] = None) -> GreedyResult:
+        logits = out.logits[0]  # [T+1, V]
+        if sampler is None:
+            return greedy_accept(logits, self.tree_tokens, self.retrieve)
+        return self._padded(accept_sampling(logits, self.tree_tokens, self.retrieve, sampler))
+
+    def kv_update(self, out: BaseOutput, res: GreedyResult) -> None:
+        """Accepted nodes' K/V in place after the prefix; the next step's inputs; the length."""
+        self.base.kv.compact(self.cache_len, self.cache_len + res.path)
+        self.features.copy_(out.aux_hidden.index_select(1, res.path))
+        self.tokens.copy_(res.tokens)
+        self.count.copy_(res.count)
+        self.cache_len += res.count
+
+    def verify(self, window: int, section: Section = no_section,
+               sampler: Optional[Sampler] = None) -> None:
+        with section("verify_forward"):
+            out = self.verify_forward(window)
+        with section("posterior"):
+            res = self.posterior(out, sampler)
+        with section("kv_update"):
+            self.kv_update(out, res)
+
+    def _padded(self, acc) -> GreedyResult:
+        """A sampled acceptance (host lists) in the fixed-width device form."""
+        c, dev = self.tokens.shape[0], self.tokens.device
+        path = acc.path.tolist()
+        pad = [0] * (c - len(path))
+        return GreedyResult(torch.tensor(path + pad, device=dev),
+                            torch.tensor(acc.tokens + pad, device=dev), torch.tensor(len(path), device=dev))
+
+    def whole(self, window: int) -> None:
+        self.draft(window)
+        self.tree_buffers()
+        self.verify(window)
+
+    def segments(self, graphs: StepGraphs, windows: list[int],
+                 fused: bool) -> dict[Hashable, Callable[[], Any]]:
+        """The graph segments of this configuration, in capture order, keyed as `run` looks them
+        up: the whole step per window (`fused`), else draft, verify forward, posterior and KV
+        update per window (each reading the previous one's captured outputs) and, for a
+        sync-free implementation, the tree buffers."""
+        if fused:
+            return {("step", self.mask_impl, w): (lambda w=w: self.whole(w)) for w in windows}
+        out: dict[Hashable, Callable[[], Any]] = {}
+        if get_mask_impl(self.mask_impl).sync_free:
+            out[("tree", self.mask_impl)] = self.tree_buffers
+        for w in windows:
+            fwd, post = ("verify_forward", w), ("posterior", w)
+            out[("draft", w)] = lambda w=w: self.draft(w)
+            out[fwd] = lambda w=w: self.verify_forward(w)
+            out[post] = lambda fwd=fwd: self.posterior(graphs.outputs[fwd])
+            out[("kv_update", w)] = lambda fwd=fwd, post=post: self.kv_update(graphs.outputs[fwd],
+                                                                              graphs.outputs[post])
+        return out
+
+    def run(self, graphs: StepGraphs, window: int, section: Section, fused: bool,
+            first: Optional[tuple[Tensor, Tensor, Tensor]] = None,
+            sampler: Optional[Sampler] = None) -> None:
+        """One step: eager after the prefill (`first`), with sampling or with graphs disabled;
+        otherwise replayed, as one graph (`fused`) or per segment around the host tree build."""
+        if first is not None or sampler is not None or not graphs.enabled:
+            self.draft(window, section, first)
+            self.tree_buffers(section)
+            self.verify(window, section, sampler)
+        elif fused:
+            graphs.run(("step", self.mask_impl, window), lambda: self.whole(window))
+        else:
+            with section("draft"):
+                graphs.run(("draft", window), lambda: self.draft(window))
+            if get_mask_impl(self.mask_impl).sync_free:
+                with section("tree_mask"):
+                    graphs.run(("tree", self.mask_impl), self.tree_buffers)
+            else:
+                self.tree_buffers(section)
+            with section("verify_forward"):
+                out = graphs.run(("verify_forward", window), lambda: self.verify_forward(window))
+            with section("posterior"):
+                res = graphs.run(("posterior", window), lambda: self.posterior(out))
+            with section("kv_update"):
+                graphs.run(("kv_update", window), lambda: self.kv_update(out, res))
+
+    def reset(self) -> None:
+        """A valid dummy state for warm-up and capture: empty caches, a root-only step input."""
+        for buf in (self.features, self.tokens, self.cache_len, self.tree_tokens, self.parents):
+            buf.zero_()
+        self.count.fill_(1)
+        self.drafter.n_ctx.zero_()
+        self.tree_buffers()
+
+    def result(self) -> list[int]:
+        """The step's one device->host read: the accepted tokens and the bonus token."""
+        host = torch.cat((self.count[None], self.tokens)).tolist()
+        return host[1:1 + host[0]]

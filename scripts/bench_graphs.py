@@ -1,0 +1,181 @@
+"""GPU benchmark of the static-shape engine, graphs on and off, in one process.
+
+On the random-weight preset (default Llama-3.1-8B shapes, fp16), one random prompt: plain decoding
+in ms/token, the EAGLE step in ms/step for every mask implementation, the per-segment step profile
+in graph mode, the capture cost (time, memory), token-level checks (graphs vs eager, a repeat in
+the same process) and, with --hf, transformers' `generate` with a static cache (compiled, CUDA
+graphs) on the same weights.
+
+ms/token = (wall(new tokens) - wall(1 token)) / (new - 1), the device synchronised around each
+call, median of --repeat calls: the prefill cancels out. ms/step likewise divides by the steps.
+
+    python scripts/bench_graphs.py --out runs/graphs.json --hf
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from eagle import EaModel
+from eagle.config import TreeConfig
+from eagle.presets import PRESETS, build_random
+from eagle.tree.masks import MASK_IMPLS
+
+log = logging.getLogger("bench_graphs")
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="llama3.1-8b", choices=sorted(PRESETS))
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--prompt", type=int, default=200, help="prompt tokens (default: 200)")
+    p.add_argument("--new", type=int, default=128, help="new tokens (default: 128)")
+    p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k (default: 60,5,10)")
+    p.add_argument("--max-length", type=int, default=4096)
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per figure (median)")
+    p.add_argument("--modes", default="graphs,eager", help="graphs, eager or both (default: both)")
+    p.add_argument("--hf", action="store_true", help="also time transformers' static-cache generate")
+    p.add_argument("--out", type=Path, required=True, metavar="JSON")
+    return p.parse_args(argv)
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def per_unit_ms(run: Callable[[int], object], new: int, units: Callable[[object], int],
+                repeat: int) -> tuple[float, object]:
+    """Median over `repeat` of (wall(new) - wall(1)) / units(result of run(new)), in ms."""
+    values, result = [], None
+    for _ in range(repeat):
+        result, full = timed(lambda: run(new))
+        _, one = timed(lambda: run(1))
+        values.append(1000 * (full - one) / units(result))
+    return statistics.median(values), result
+
+
+def bench_engine(model: EaModel, prompt: torch.Tensor, args) -> dict:
+    """Plain ms/token and EAGLE ms/step per mask implementation, tokens of each run."""
+    t0 = time.perf_counter()
+    model.naive_generate(prompt, max_new_tokens=2)  # warm-up; captures the plain step's graphs
+    out = {"warmup_plain_s": time.perf_counter() - t0}
+    ms, res = per_unit_ms(lambda n: model.naive_generate(prompt, max_new_tokens=n), args.new,
+                          lambda r: r.new_tokens - 1, args.repeat)
+    out["plain"] = {"ms_per_token": ms, "tokens": res.new_token_ids}
+    for impl in MASK_IMPLS:
+        model.mask_impl = impl
+        t0 = time.perf_counter()
+        model.generate(prompt, max_new_tokens=args.new)  # warm-up and capture
+        warm = time.perf_counter() - t0
+        ms, res = per_unit_ms(lambda n: model.generate(prompt, max_new_tokens=n), args.new,
+                              lambda r: r.steps, args.repeat)
+        prof = model.generate(prompt, max_new_tokens=args.new, profile=True).profile
+        out[impl] = {"ms_per_step": ms, "steps": res.steps, "tokens": res.new_token_ids,
+                     "mean_accept": sum(res.accept_lengths) / len(res.accept_lengths),
+                     "warmup_s": warm, "profile": prof.to_dict()}
+    stats = model.graphs.stats
+    out["capture"] = {"eagle_graphs": stats.graphs, "eagle_s": stats.seconds,
+                      "eagle_pool_mib": stats.pool_bytes / 2 ** 20,
+                      "plain_graphs": model.plain_graphs.stats.graphs,
+                      "plain_s": model.plain_graphs.stats.seconds,
+                      "plain_pool_mib": model.plain_graphs.stats.pool_bytes / 2 ** 20}
+    return out
+
+
+def hf_static(base, prompt: torch.Tensor, args) -> dict:
+    """transformers' LlamaForCausalLM on the engine's own tensors (assigned, not copied)."""
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig(**base.args.to_hf_dict(torch_dtype=args.dtype))
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(config)
+    hf.load_state_dict(base.state_dict(), strict=True, assign=True)
+    hf.model.rotary_emb = LlamaRotaryEmbedding(config, device=prompt.device)
+    hf.eval()
+
+    def run(n: int):
+        return hf.generate(prompt, max_new_tokens=n, do_sample=False, cache_implementation="static",
+                           pad_token_id=0, eos_token_id=None)
+
+    t0 = time.perf_counter()
+    run(args.new)
+    run(args.new)
+    warm = time.perf_counter() - t0
+    ms, res = per_unit_ms(run, args.new, lambda r: r.shape[1] - prompt.shape[1] - 1, args.repeat)
+    return {"ms_per_token": ms, "warmup_s": warm, "transformers": transformers.__version__,
+            "tokens": res[0, prompt.shape[1]:].tolist()}
+
+
+def summary(report: dict) -> str:
+    lines = [f"{report['device']}, {report['preset']} {report['dtype']}, prompt {report['prompt']}, "
+             f"{report['new']} new tokens, tree {report['tree']}"]
+    for mode in [m for m in ("graphs", "eager") if m in report]:
+        r = report[mode]
+        lines.append(f"[{mode}] plain {r['plain']['ms_per_token']:.2f} ms/token; EAGLE ms/step: " +
+                     ", ".join(f"{i} {r[i]['ms_per_step']:.2f}" for i in MASK_IMPLS))
+    if "hf_static" in report:
+        lines.append(f"transformers static-cache generate: {report['hf_static']['ms_per_token']:.2f} "
+                     f"ms/token (warm-up {report['hf_static']['warmup_s']:.0f} s)")
+    lines.append("checks: " + json.dumps(report["checks"]))
+    lines.append("capture: " + json.dumps(report["graphs"]["capture"]))
+    return "\n".join(lines)
+
+
+def checks(graphs: dict, eager: dict, again: dict) -> dict:
+    keys = ["plain", *MASK_IMPLS]
+    return {"graph_equals_eager": {k: graphs[k]["tokens"] == eager[k]["tokens"] for k in keys},
+            "repeat_equal": {k: graphs[k]["tokens"] == again[k] for k in keys},
+            "impls_equal": all(graphs[k]["tokens"] == graphs["rebuild"]["tokens"] for k in MASK_IMPLS)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        log.error("needs a CUDA device")
+        return 2
+    dtype, dev = getattr(torch, args.dtype), torch.device("cuda")
+    tree = TreeConfig(*(int(x) for x in args.tree.split(",")))
+    base, head = build_random(args.preset, dtype, dev, seed=0)
+    prompt = torch.randint(3, base.args.vocab_size, (1, args.prompt),
+                           generator=torch.Generator().manual_seed(0)).to(dev)
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
+              "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}
+    with torch.inference_mode():
+        for mode, on in (("graphs", True), ("eager", False)):
+            if mode not in args.modes.split(","):
+                continue
+            model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
+            report[mode] = bench_engine(model, prompt, args)
+            log.info("%s done", mode)
+        again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
+        repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}
+        for impl in MASK_IMPLS:
+            again.mask_impl = impl
+            repeat[impl] = again.generate(prompt, max_new_tokens=args.new).new_token_ids
+    report["checks"] = checks(report["graphs"], report.get("eager", report["graphs"]), repeat)
+    if args.hf:
+        report["hf_static"] = hf_static(base, prompt, args)
+        report["checks"]["hf_equals_plain"] = report["hf_static"]["tokens"] == \
+            report["graphs"]["plain"]["tokens"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(summary(report))  # noqa: T201 - the script's table
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""GPU checks of the static-shape engine: CUDA graphs decode the tokens eager decoding does, the
+default (deterministic) kernels reproduce themselves, and a captured step never syncs."""
+import pytest
+import torch
+
+from eagle import EaModel
+from eagle.config import TreeConfig
+from eagle.presets import build_random
+from eagle.step import window_for
+from eagle.tree.masks import MASK_IMPLS, no_section
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+TREE = TreeConfig(60, 5, 10)
+
+
+def decode_every_way(model: EaModel, prompt: torch.Tensor, new: int) -> dict:
+    """Token ids of the baseline and of every mask implementation on one model."""
+    out = {"baseline": model.naive_generate(prompt, max_new_tokens=new).new_token_ids}
+    for impl in MASK_IMPLS:
+        model.mask_impl = impl
+        out[impl] = model.generate(prompt, max_new_tokens=new).new_token_ids
+    return out
+
+
+def twin_models(preset: str, dtype: torch.dtype, max_length: int = 1024) -> tuple:
+    """(graph model, eager model) sharing one set of random weights."""
+    base, head = build_random(preset, dtype, torch.device("cuda"), seed=0)
+    graph = EaModel(base, head, TREE, max_length=max_length, cuda_graph=True)
+    eager = EaModel(base, head, TREE, max_length=max_length, cuda_graph=False)
+    return graph, eager
+
+
+def prompt_ids(vocab: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_graphs_decode_the_eager_tokens_tiny(dtype):
+    graph, eager = twin_models("tiny", dtype)
+    for seed in range(3):
+        prompt = prompt_ids(graph.base.args.vocab_size, 40 + 30 * seed, seed)
+        assert decode_every_way(graph, prompt, 80) == decode_every_way(eager, prompt, 80)
+
+
+def test_graphs_decode_the_eager_tokens_8b_fp16():
+    graph, eager = twin_models("llama3.1-8b", torch.float16)
+    prompt = prompt_ids(128000, 200)
+    assert decode_every_way(graph, prompt, 48) == decode_every_way(eager, prompt, 48)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_default_kernels_reproduce_themselves_8b(dtype):
+    """The same decoding twice in one process, then after both caches were reallocated (which
+    also recaptures the graphs): identical tokens, baseline and every mask implementation."""
+    graph, _ = twin_models("llama3.1-8b", dtype)
+    prompt = prompt_ids(128000, 200, seed=1)
+    first = decode_every_way(graph, prompt, 64)
+    assert decode_every_way(graph, prompt, 64) == first
+    graph.base.kv, graph.drafter.kv = None, None
+    assert decode_every_way(graph, prompt, 64) == first
+    assert all(len(ids) == 64 for ids in first.values())
+
+
+def test_captured_and_eager_triton_steps_never_sync():
+    model, eager = twin_models("tiny", torch.float16)
+    prompt = prompt_ids(model.base.args.vocab_size, 50)
+    for m in (model, eager):
+        m.mask_impl = "triton"
+        m.generate(prompt, max_new_tokens=16)  # captures; leaves the step buffers mid-sequence
+    window = window_for(50 + 16 + model.eagle_step.extra, model.max_length)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            model.eagle_step.run(model.graphs, window, no_section, fused=True)
+            eager.eagle_step.run(eager.graphs, window, no_section, fused=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert model.eagle_step.result() and eager.eagle_step.result()
