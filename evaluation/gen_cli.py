@@ -3,21 +3,29 @@
 Nothing heavy is imported at module level, so `--help` is instant; `GenConfig.validate()` imports the
 engine's registries to check the mask implementation and preset names, and `main` imports the
 generation loop (torch, transformers) only after the arguments parsed.
+
+`check_main` (`python -m evaluation.check_settings [EAGLE GENERATOR OPTIONS]`) checks every setting
+that needs no files (numbers, names, device, mask implementations and attention backend available
+here) and exits 0, or 2 with the message: scripts run it before they build checkpoints or fetch
+questions.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 METHODS = ("eagle", "baseline")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # scaled_dot_product_attention backends; "auto" lets torch choose per call
 ATTENTION_BACKENDS = ("auto", "math", "efficient", "cudnn", "flash")
 PRESET_PREFIX = "preset:"
+PLACEHOLDER = "{impl}"  # in --answer-file / --model-id: the member's label (rebuild, rebuild-2, baseline)
+BASELINE = "baseline"
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +34,32 @@ class GenError(ValueError):
     """A setting or input file the generator cannot use; the message says what to fix."""
 
 
+class Member(NamedTuple):
+    """One answerer of a run: its label (file `{impl}`) and its own config (method, mask
+    implementation, model id, answer file)."""
+    label: str
+    cfg: "GenConfig"
+
+
+def member_labels(impls: list[str]) -> list[str]:
+    """Labels in command order; a repeated name is numbered: rebuild, rebuild-2, rebuild-3."""
+    seen: dict[str, int] = {}
+    labels = []
+    for impl in impls:
+        seen[impl] = seen.get(impl, 0) + 1
+        labels.append(impl if seen[impl] == 1 else f"{impl}-{seen[impl]}")
+    return labels
+
+
 @dataclass
 class GenConfig:
     method: str  # eagle | baseline
     base_model_path: str  # HF Llama directory, or "preset:NAME" for random weights at real shapes
     ea_model_path: Optional[str]  # EAGLE-3 head directory (ignored with a preset)
-    model_id: str
-    answer_file: Path
+    model_id: Optional[str]  # None: ea-LABEL / baseline; may hold {impl}
+    answer_file: Optional[Path]  # None: data/BENCH/model_answer/MODEL_ID.jsonl; may hold {impl}
     question_file: Path
+    bench_name: str = "mt_bench"
     tokenizer_path: Optional[str] = None  # default: the base model's directory
     question_begin: Optional[int] = None  # slice of the question list, as upstream
     question_end: Optional[int] = None
@@ -45,7 +71,8 @@ class GenConfig:
     temperature: float = 0.0  # 0: greedy (lossless)
     top_p: float = 0.0  # 0: off
     sample_top_k: int = 0  # 0: off
-    mask_impl: str = "rebuild"  # upstream behaviour
+    mask_impl: str = "rebuild"  # upstream behaviour; "A,B,..." answers with each in turn
+    with_baseline: bool = False  # plain decoding of the base joins the rotation
     profile: bool = False
     dtype: str = "auto"  # float16 on CUDA, float32 on the CPU
     seed: int = 0  # sampling seed (+ choice index); also the weight seed of a preset
@@ -56,7 +83,13 @@ class GenConfig:
     cuda_graph: Optional[str] = None  # on | off; None: on with CUDA, off elsewhere
 
     def __post_init__(self) -> None:
-        self.answer_file, self.question_file = Path(self.answer_file), Path(self.question_file)
+        self.question_file = Path(self.question_file)
+        if self.answer_file is not None:
+            self.answer_file = Path(self.answer_file)
+
+    @property
+    def mask_impls(self) -> list[str]:
+        return [name.strip() for name in self.mask_impl.split(",")]
 
     @property
     def drafts(self) -> bool:
@@ -73,11 +106,45 @@ class GenConfig:
             return self.base_model_path[len(PRESET_PREFIX):]
         return None
 
-    def validate(self) -> "GenConfig":
+    def validate(self, paths: bool = True) -> "GenConfig":
+        """Check every setting (`paths=False`: all but those naming files and directories)."""
         self._check_numbers()
         self._check_choices()
-        self._check_paths()
+        self.members()
+        if paths:
+            self._check_paths()
         return self
+
+    def members(self) -> list[Member]:
+        """Who answers, in command order: each mask implementation (EAGLE), then the baseline."""
+        if self.drafts:
+            plan = [(label, "eagle", impl) for label, impl in
+                    zip(member_labels(self.mask_impls), self.mask_impls)]
+            plan += [(BASELINE, BASELINE, self.mask_impls[0])] if self.with_baseline else []
+        else:
+            plan = [(BASELINE, BASELINE, self.mask_impl)]
+        several = len(plan) > 1
+        if several and self.answer_file is not None and PLACEHOLDER not in str(self.answer_file):
+            raise GenError(f"--answer-file {self.answer_file} needs {PLACEHOLDER} when several "
+                           f"implementations answer (one file each), e.g. runs/ea-{PLACEHOLDER}.jsonl")
+        return [Member(label, replace(self, method=method, mask_impl=impl, with_baseline=False,
+                                      profile=self.profile and method == "eagle",
+                                      model_id=self._member_model_id(label, method, several),
+                                      answer_file=self._member_answer_file(label, method, several)))
+                for label, method, impl in plan]
+
+    def _member_model_id(self, label: str, method: str, several: bool) -> str:
+        if self.model_id is None:
+            return f"ea-{label}" if method == "eagle" else BASELINE
+        if PLACEHOLDER in self.model_id:
+            return self.model_id.replace(PLACEHOLDER, label)
+        return f"{self.model_id}-{label}" if several else self.model_id
+
+    def _member_answer_file(self, label: str, method: str, several: bool) -> Path:
+        if self.answer_file is None:
+            model_id = self._member_model_id(label, method, several)
+            return Path("data") / self.bench_name / "model_answer" / f"{model_id}.jsonl"
+        return Path(str(self.answer_file).replace(PLACEHOLDER, label))
 
     def _check_numbers(self) -> None:
         positive = ("max_new_token", "total_token", "depth", "top_k", "num_choices", "max_length")
@@ -102,8 +169,13 @@ class GenConfig:
             raise GenError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.dtype not in DTYPES:
             raise GenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.mask_impl not in MASK_IMPLS:
-            raise GenError(f"unknown --mask-impl {self.mask_impl!r}; registered: {', '.join(MASK_IMPLS)}")
+        unknown = [name for name in self.mask_impls if name not in MASK_IMPLS]
+        if unknown:
+            raise GenError(f"unknown --mask-impl {', '.join(map(repr, unknown))}; registered: "
+                           f"{', '.join(MASK_IMPLS)} (several: comma separated, e.g. rebuild,vectorized)")
+        if self.with_baseline and not self.drafts:
+            raise GenError("--with-baseline belongs to the EAGLE generator (the baseline generator "
+                           "answers with plain decoding alone)")
         if self.cuda_graph not in (None, "on", "off"):
             raise GenError(f"--cuda-graph must be on or off, got {self.cuda_graph!r}")
         if self.cuda_graph == "on" and self.device == "cpu":
@@ -136,13 +208,10 @@ class GenConfig:
                            f"`eagle-mt-bench-data` (or pass --question-file PATH)")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, method: str) -> "GenConfig":
+    def from_args(cls, args: argparse.Namespace, method: str, paths: bool = True) -> "GenConfig":
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        values["model_id"] = args.model_id or (f"ea-{args.mask_impl}" if method == "eagle" else "baseline")
-        bench = Path("data") / args.bench_name
-        values["question_file"] = args.question_file or bench / "question.jsonl"
-        values["answer_file"] = args.answer_file or bench / "model_answer" / f"{values['model_id']}.jsonl"
-        return cls(method=method, **values).validate()
+        values["question_file"] = args.question_file or Path("data") / args.bench_name / "question.jsonl"
+        return cls(method=method, **values).validate(paths)
 
 
 EPILOG = """examples:
@@ -152,6 +221,9 @@ EPILOG = """examples:
   # the tiny checkpoints (python -m eagle.tiny --out checkpoints/tiny) on the CPU
   {prog} --base-model-path checkpoints/tiny/base --ea-model-path checkpoints/tiny/draft \\
       --question-end 4 --max-new-token 32
+  # rebuild vs vectorized and plain decoding, interleaved in one process, one file each
+  {prog} --base-model-path checkpoints/tiny/base --ea-model-path checkpoints/tiny/draft \\
+      --mask-impl rebuild,vectorized --with-baseline --answer-file runs/tiny-{{impl}}.jsonl
   # random weights at Llama-3.1-8B shapes, a tokenizer borrowed from the tiny checkpoint
   {prog} --base-model-path preset:llama3.1-8b --tokenizer-path checkpoints/tiny/base \\
       --answer-file runs/8b.jsonl
@@ -162,14 +234,16 @@ Answers go to data/BENCH/model_answer/MODEL_ID.jsonl unless --answer-file is giv
 def _model_group(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--base-model-path", required=True, metavar="DIR|preset:NAME",
-                   help="HF Llama checkpoint directory, or preset:llama3.1-8b / preset:tiny "
-                        "(random weights at real shapes)")
+                   help="HF Llama checkpoint directory (checkpoints/tiny/base for the tiny "
+                        "model), or preset:llama3.1-8b / preset:tiny (random weights at real shapes)")
     g.add_argument("--ea-model-path", metavar="DIR",
                    help="EAGLE-3 draft head directory (unused with a preset; the baseline "
                         "accepts it, as upstream's does, and does not load it)")
     g.add_argument("--tokenizer-path", metavar="DIR",
                    help="tokenizer with a Llama-3 chat template (default: the base model's)")
-    g.add_argument("--model-id", metavar="NAME", help="model_id written to each answer")
+    g.add_argument("--model-id", metavar="NAME",
+                   help=f"model_id written to each answer (default: ea-{PLACEHOLDER} / baseline; "
+                        f"{PLACEHOLDER} is replaced by each member's label)")
     g.add_argument("--use-eagle3", action="store_true",
                    help="accepted for upstream compatibility: EAGLE-3 heads are the only kind")
     g.add_argument("--dtype", default="auto", metavar="|".join(DTYPES),
@@ -197,7 +271,9 @@ def _data_group(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--question-begin", type=int, metavar="I", help="first question index (slice)")
     g.add_argument("--question-end", type=int, metavar="J", help="end question index (slice)")
     g.add_argument("--answer-file", type=Path, metavar="PATH",
-                   help="default: data/BENCH/model_answer/MODEL_ID.jsonl")
+                   help=f"default: data/BENCH/model_answer/MODEL_ID.jsonl; with several members "
+                        f"it must hold {PLACEHOLDER}, replaced by each member's label "
+                        f"(runs/ea-{PLACEHOLDER}.jsonl: runs/ea-rebuild.jsonl, runs/ea-baseline.jsonl)")
 
 
 def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
@@ -226,9 +302,15 @@ def _tree_group(parser: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--depth", type=int, default=5, metavar="N", help="draft depth (default: 5)")
     g.add_argument("--top-k", type=int, default=10, metavar="K", help="children per node (default: 10)")
     if method == "eagle":
-        g.add_argument("--mask-impl", default="rebuild", metavar="NAME",
+        g.add_argument("--mask-impl", default="rebuild", metavar="NAME[,NAME...]",
                        help="tree-mask implementation from eagle.tree.masks.MASK_IMPLS "
-                            "(rebuild, incremental, vectorized, triton, ...; default: rebuild)")
+                            "(rebuild, incremental, vectorized, triton, ...; default: rebuild). "
+                            "Several, comma separated: one process answers every question turn with "
+                            "each in turn, the order rotating from turn to turn, one answer file "
+                            "each; a repeated name is an A/A control (rebuild,rebuild: labels "
+                            "rebuild and rebuild-2)")
+        g.add_argument("--with-baseline", action="store_true",
+                       help="add plain decoding of the base model (label baseline) to the rotation")
 
 
 def build_parser(method: str, prog: str) -> argparse.ArgumentParser:
@@ -243,24 +325,50 @@ def build_parser(method: str, prog: str) -> argparse.ArgumentParser:
     _data_group(parser)
     _decoding_group(parser, method)
     _tree_group(parser, method)
-    parser.set_defaults(mask_impl="rebuild", profile=False)
+    parser.set_defaults(mask_impl="rebuild", profile=False, with_baseline=False)
     return parser
 
 
 def main(method: str, argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
-    """Parse, validate and generate; a user error is logged and returns 2."""
+    """Parse, validate and generate; a user error is logged and returns 2, Ctrl-C returns 130
+    after one line saying what was kept."""
     args = build_parser(method, prog or Path(sys.argv[0]).name).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from eagle.checkpoint import CheckpointError
-    from eagle.config import ConfigError
-    from eagle.tree.masks import MaskImplUnavailable
-
-    from .answers import AnswerFileError
-    from .generate import generate_answers
-
     try:
+        from eagle.checkpoint import CheckpointError
+        from eagle.config import ConfigError
+        from eagle.tree.masks import MaskImplUnavailable
+
+        from .answers import AnswerFileError
+        from .generate import generate_answers
+        from .interleave import Interrupted
+
         generate_answers(GenConfig.from_args(args, method))
     except (GenError, AnswerFileError, ConfigError, CheckpointError, MaskImplUnavailable) as exc:
         log.error("%s", exc)
         return 2
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted before any answer was written; rerun the same command to start",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
+
+
+def check_main(argv: Optional[list[str]] = None) -> int:
+    """`python -m evaluation.check_settings OPTIONS`: the settings checks that need no files; 0 or 2."""
+    args = build_parser("eagle", "python -m evaluation.check_settings").parse_args(argv)
+    from eagle.config import ConfigError
+    from eagle.tree.masks import MaskImplUnavailable
+
+    from .preflight import check_runtime
+
+    try:
+        check_runtime(GenConfig.from_args(args, "eagle", paths=False))
+    except (GenError, ConfigError, MaskImplUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+

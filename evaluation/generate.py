@@ -8,7 +8,6 @@ both methods, and the ids are stored so that `speed.py` can audit equivalence.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import logging
 import platform
@@ -18,15 +17,17 @@ from typing import Optional
 
 import shortuuid
 import torch
-from tqdm import tqdm
 
-from eagle.ea_model import resolve_device as eagle_device
-from eagle.llama import attention_backend, resolve_attention
+from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
 
-from .answers import AnswerWriter, add_turn, answered_ids, iter_lines, new_choice, sort_and_dedup
+from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
-from .gen_cli import GenConfig, GenError
+from .code_version import DISTRIBUTION, code_identity, package_version
+from .gen_cli import GenConfig, GenError, Member
+from .interleave import Interrupted, Runner
+from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
+                        device_name, load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -55,44 +56,37 @@ def load_questions(path: Path, begin: Optional[int], end: Optional[int]) -> list
     return selected
 
 
-def resolve_device(name: str) -> torch.device:
-    try:
-        return eagle_device(name)
-    except ValueError as exc:
-        raise GenError(f"--device {name}: {exc}") from exc
+def check_lengths(tokenizer, cfg: GenConfig, questions: list[dict]) -> None:
+    """Refuse a --max-length that a conversation could outgrow: its last turn's prompt (every user
+    turn, each earlier reply at most --max-new-token tokens) + the new tokens + the draft tree."""
+    tree = cfg.total_token if cfg.drafts else 0
+    for question in questions:
+        turns = question["turns"]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for turn in turns[:-1]:
+            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": ""}]
+        messages.append({"role": "user", "content": turns[-1]})
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        need = (len(tokenizer(prompt, add_special_tokens=False).input_ids)
+                + len(turns) * cfg.max_new_token + tree)
+        if need > cfg.max_length:
+            raise GenError(f"question {question['question_id']} may need {need} positions (prompts, "
+                           f"{len(turns)} x --max-new-token {cfg.max_new_token}"
+                           f"{f', tree {tree}' if tree else ''}), more than --max-length "
+                           f"{cfg.max_length}; raise --max-length or lower --max-new-token")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model (Linux) / architecture."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
-    """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, with a tokenizer.
-    The baseline loads the base model alone: the draft head would only take memory and load time."""
-    from transformers import AutoTokenizer
-
+def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
+    """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, for one member's
+    config. The baseline loads the base model alone: the draft head would only take memory and
+    load time."""
     from eagle import EaModel, TreeConfig
     from eagle.presets import build_random
 
+    device, dtype = runtime
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
     if cfg.preset is not None:
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
                        cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
     return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
@@ -102,49 +96,24 @@ def load_model(cfg: GenConfig, device: torch.device, dtype: torch.dtype):
                                    cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
 
 
-def check_attention_backend(model, cfg: GenConfig) -> None:
-    """Refuse a pinned backend that cannot run the engine's attention here, before any answer."""
-    w = model.base.lm_head.weight
-    if resolve_attention(cfg.attention_backend, w.device) is None:
-        return
-    q = torch.zeros(1, 2, 3, model.base.args.head_dim, device=w.device, dtype=w.dtype)  # [1, H, S, D]
-    k = torch.zeros(1, 2, 5, model.base.args.head_dim, device=w.device, dtype=w.dtype)
-    mask = torch.zeros(3, 5, device=w.device, dtype=w.dtype)  # an additive bias, like the engine's
-    try:
-        with attention_backend(cfg.attention_backend, w.device):
-            torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)
-    except RuntimeError as exc:
-        reason = str(exc).splitlines()[0]
-        raise GenError(f"--attention-backend {cfg.attention_backend} cannot run the engine's "
-                       f"attention on {w.device.type} in {str(w.dtype).removeprefix('torch.')} "
-                       f"({reason}); choose auto or another backend") from None
+def member_model(model, cfg: GenConfig, runtime: Runtime):
+    """An `EaModel` for one member over the loaded weights: its own mask implementation, draft
+    cache, step buffers and captured graphs, the base and head modules (and the base's KV cache)
+    shared (the model is loaded once); every member gets a new one, so that an A/A control is built
+    exactly as an A/B pair is."""
+    from eagle import EaModel
+
+    head = model.head if cfg.drafts else None
+    return EaModel(model.base, head, model.tree, cfg.mask_impl, model.tokenizer, model.max_length,
+                   cuda_graph=cfg.graphs_on(runtime.device), attention=cfg.attention_backend)
 
 
-def check_tokenizer(model, cfg: GenConfig) -> None:
-    tokenizer = model.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        raise GenError(f"the tokenizer of {cfg.tokenizer_path or cfg.base_model_path} has no chat "
-                       f"template; pass --tokenizer-path DIR with a Llama-3 chat template")
-    vocab = model.base.args.vocab_size
-    if len(tokenizer) > vocab:
-        raise GenError(f"the tokenizer of {cfg.tokenizer_path or cfg.base_model_path} has "
-                       f"{len(tokenizer)} tokens, more than the model's vocabulary ({vocab}); "
-                       f"use a tokenizer whose ids fit the model")
-    if vocab > len(tokenizer):
-        log.warning("model vocabulary (%d) exceeds the tokenizer's (%d): ids beyond it are left out "
-                    "of the answer text (token_ids keep them)", vocab, len(tokenizer))
-
-
-def package_version(name: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree, not installed
-        return None
-
-
-def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> dict:
-    """Everything that decides the outputs or the timings; travels with every answer line."""
+def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
+    """Everything that decides the outputs or the timings, and the code that wrote them; travels
+    with every answer line."""
     import transformers
+
+    device, dtype = runtime
 
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
@@ -166,7 +135,8 @@ def run_settings(cfg: GenConfig, device: torch.device, dtype: torch.dtype) -> di
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "eagle": package_version("eagle-mask-bench"), "python": platform.python_version(),
+        "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
+        "code": code_identity(),
     }
 
 
@@ -212,29 +182,54 @@ class Answerer:
         self._sync()
         return result, time.perf_counter() - start
 
+    def conversations(self, question: dict) -> list["Conversation"]:
+        """One conversation per choice, each to be given the question's turns in order."""
+        return [Conversation(self, i) for i in range(self.cfg.num_choices)]
+
     def choice(self, question: dict, index: int):
         """One answer to every turn of a question: (choice dict, merged profile or None)."""
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        out = new_choice(index)
-        profile = None
+        talk = Conversation(self, index)
         for user_turn in question["turns"]:
-            messages.append({"role": "user", "content": user_turn})
-            result, seconds = self._generate(self._prompt_ids(messages), self.cfg.seed + index)
-            text = answer_text(self.tokenizer, result.new_token_ids, self.model.stop_ids)
-            messages.append({"role": "assistant", "content": text})
-            add_turn(out, text, result.new_token_ids, result.accept_lengths, seconds, self.cfg.drafts)
-            if result.profile is not None:
-                profile = result.profile if profile is None else profile.merge(result.profile)
-        return out, profile
+            talk.turn(user_turn)
+        return talk.out, talk.profile
 
-    def answer(self, question: dict) -> dict:
-        choices, profiles = zip(*(self.choice(question, i) for i in range(self.cfg.num_choices)))
+    def record(self, question: dict, talks: list["Conversation"]) -> dict:
+        """The answer line of a question whose conversations have taken every turn."""
         line = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(),
                 "model_id": self.cfg.model_id, "tstamp": time.time(),
-                "category": question["category"], "choices": list(choices), "settings": self.settings}
+                "category": question["category"], "choices": [t.out for t in talks],
+                "settings": self.settings}
         if self.cfg.profile:
-            line["profile"] = functools.reduce(ProfileReport.merge, profiles).to_dict()
+            line["profile"] = functools.reduce(ProfileReport.merge, [t.profile for t in talks]).to_dict()
         return line
+
+    def answer(self, question: dict) -> dict:
+        talks = self.conversations(question)
+        for user_turn in question["turns"]:
+            for talk in talks:
+                talk.turn(user_turn)
+        return self.record(question, talks)
+
+
+class Conversation:
+    """One choice of one question with one answerer: the chat so far and its per-turn statistics;
+    each turn follows this conversation's own earlier answers."""
+
+    def __init__(self, answerer: Answerer, index: int):
+        self.answerer, self.index = answerer, index
+        self.messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        self.out = new_choice(index)
+        self.profile: Optional[ProfileReport] = None
+
+    def turn(self, user_turn: str) -> None:
+        a = self.answerer
+        self.messages.append({"role": "user", "content": user_turn})
+        result, seconds = a._generate(a._prompt_ids(self.messages), a.cfg.seed + self.index)
+        text = answer_text(a.tokenizer, result.new_token_ids, a.model.stop_ids)
+        self.messages.append({"role": "assistant", "content": text})
+        add_turn(self.out, text, result.new_token_ids, result.accept_lengths, seconds, a.cfg.drafts)
+        if result.profile is not None:
+            self.profile = result.profile if self.profile is None else self.profile.merge(result.profile)
 
 
 def profile_path(answer_file: Path) -> Path:
@@ -255,30 +250,50 @@ def write_profile_report(answer_file: Path, settings: dict) -> None:
 
 
 def generate_answers(cfg: GenConfig) -> int:
-    """Answer every selected question not yet in the answer file; returns the file's answer count."""
+    """Answer every selected question not yet answered by every member (the runner decides the
+    order); returns the number of answers in the first member's file (every member's file holds
+    the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    settings = run_settings(cfg, device, dtype)
-    done = answered_ids(cfg.answer_file, settings)  # before loading: a refusal costs nothing
-    pending = [q for q in questions if q["question_id"] not in done]
-    cached = len(questions) - len(pending)
-    log.info("%s: %d questions selected (cached: %d, remaining: %d)", cfg.answer_file, len(questions),
-             cached, len(pending))
+    runtime = check_runtime(cfg)
+    check_checkpoints(cfg)
+    members = cfg.members()
+    check_writable([m.cfg.answer_file for m in members])
+    runner = Runner(members, [run_settings(m.cfg, runtime) for m in members])
+    pending = runner.pending(questions)
+    log.info("%s: %d questions selected (cached: %d, remaining: %d)",
+             ", ".join(map(str, runner.files)), len(questions), len(questions) - len(pending),
+             len(pending))
     if pending:
-        model = load_model(cfg, device, dtype)
-        check_tokenizer(model, cfg)
-        check_attention_backend(model, cfg)
-        answerer = Answerer(model, cfg, settings)
-        for _ in range(cfg.warmup):  # untimed: first-call allocations, kernel selection, caches
-            answerer.answer(pending[0])
-        with AnswerWriter(cfg.answer_file) as out:
-            bar = tqdm(pending, desc=cfg.model_id, unit="question", total=len(questions), initial=cached,
-                       postfix={"cached": cached})
-            for question in bar:
-                out.write(answerer.answer(question))
-    count = sort_and_dedup(cfg.answer_file)
-    log.info("%s: %d answers", cfg.answer_file, count)
-    if cfg.profile:
-        write_profile_report(cfg.answer_file, settings)
+        tokenizer = load_tokenizer(cfg)
+        check_tokenizer(tokenizer, cfg)
+        check_lengths(tokenizer, cfg, [q for _, q in pending])
+        try:
+            answer_pending(runner, members, runtime, tokenizer, pending, len(questions))
+        except KeyboardInterrupt:
+            raise Interrupted(runner.kept, runner.files) from None
+    counts = [finish_file(seat.member, seat.settings) for seat in runner.seats]
+    return counts[0]
+
+
+def answer_pending(runner: Runner, members: list[Member], runtime: Runtime, tokenizer,
+                   pending: list, total: int) -> None:
+    """Load the model once (with the head when any member drafts), seat every member, warm each
+    one up and answer."""
+    loading = next((m.cfg for m in members if m.cfg.drafts), members[0].cfg)
+    model = load_model(loading, runtime, tokenizer)
+    runner.seat(lambda member, settings: Answerer(member_model(model, member.cfg, runtime),
+                                                  member.cfg, settings))
+    runner.warm_up(pending[0][1], loading.warmup)
+    runner.run(pending, total)
+
+
+def finish_file(member: Member, settings: dict) -> int:
+    """Sort and de-duplicate one member's file (the last line of a question wins); its profile."""
+    path = member.cfg.answer_file
+    if not path.exists():
+        return 0
+    count = sort_and_dedup(path)
+    log.info("%s: %d answers", path, count)
+    if member.cfg.profile:
+        write_profile_report(path, settings)
     return count

@@ -6,13 +6,18 @@
 # checkpoints (python -m eagle.tiny) under checkpoints/tiny if absent, obtains
 # data/mt_bench/question.jsonl if absent, answers all 80 questions with `rebuild`, `vectorized` and the
 # baseline, and compares rebuild vs vectorized and baseline vs rebuild (a few minutes on 2 cores).
+# All of them answer in one process, interleaved (--mask-impl rebuild,vectorized --with-baseline:
+# every turn answered by each in turn, the order rotating), so that speed.py pairs the same turn from
+# the same process and drift of the machine cancels. Every setting is checked first, before anything
+# is built, fetched or loaded. The last lines printed are a summary, one line per pair: the pair's
+# name and speed.py's last line (its verdict).
 #
 # Environment (all optional):
 #   BASE_MODEL_PATH  base checkpoint dir, or preset:llama3.1-8b / preset:tiny   [checkpoints/tiny/base]
 #   EA_MODEL_PATH    EAGLE-3 head dir (ignored with a preset)                     [checkpoints/tiny/draft]
 #   TOKENIZER_PATH   tokenizer with a Llama-3 chat template; a preset needs one
 #                    [the base dir; for a preset checkpoints/tiny/base, built if absent]
-#   MODEL_ID         prefix of the answer files and model_id                              [tiny]
+#   MODEL_ID         prefix of the answer files and model ids: MODEL_ID-rebuild.jsonl, ... [tiny]
 #   MASK_IMPLS       extra mask implementations, space separated (rebuild, vectorized always run)
 #   DEVICE           auto | cpu | cuda | cuda:N                                           [auto]
 #   DTYPE            auto | float32 | float16 | bfloat16 (auto: fp16 on CUDA, fp32 on CPU)  [auto]
@@ -24,9 +29,11 @@
 #   ATTENTION_BACKEND  auto | math | efficient | cudnn | flash: pin the attention kernels  [auto]
 #   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs, and
 #                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
-#   REPEAT           1: a control run: rebuild and the baseline answer once more in new processes,
-#                    compared with their first runs (speed noise between processes; whether
-#                    the outputs reproduce at all: required in float32, reported otherwise)  [0]
+#   REPEAT           1: a control run: rebuild and the baseline answer once more, interleaved, in a
+#                    second process (files *-repeat.jsonl), compared with the first process's
+#                    (unpaired: speed drift between processes, also shown in each A/B report
+#                    as speed.py's --control; whether the outputs reproduce at all: required
+#                    in float32, reported otherwise)                                       [0]
 #   OUT_DIR          answers and reports                                                 [runs/mt_bench]
 #   QUESTION_SOURCE  local question.jsonl to copy instead of downloading
 #                    [../shared/mt_bench/question.jsonl when that exists]
@@ -96,22 +103,15 @@ ensure_questions() {
   fi
 }
 
-mask_impls() {  # rebuild, vectorized, then MASK_IMPLS, each once, all checked against the registry
+mask_impls() {  # rebuild, vectorized, then MASK_IMPLS, each once, comma separated
   local impls=() seen=" " impl
   for impl in rebuild vectorized $MASK_IMPLS; do
     [[ $seen == *" $impl "* ]] && continue
     seen+="$impl "
     impls+=("$impl")
   done
-  "$PYTHON" - "${impls[@]}" <<'EOF' || exit 2
-import sys
-from eagle.tree.masks import MASK_IMPLS
-missing = [name for name in sys.argv[1:] if name not in MASK_IMPLS]
-if missing:
-    sys.exit(f"[run_mt_bench] error: mask implementation(s) {', '.join(missing)} not registered in "
-             f"eagle.tree.masks.MASK_IMPLS (registered: {', '.join(MASK_IMPLS)})")
-EOF
-  echo "${impls[@]}"
+  local IFS=,
+  echo "${impls[*]}"
 }
 
 common_args() {
@@ -126,30 +126,35 @@ common_args() {
   printf '%s\n' "${args[@]}"
 }
 
-ea_answers() {  # ea_answers IMPL SUFFIX
-  log "EAGLE answers, --mask-impl $1${2:+ ($2)}"
+answers() {  # answers IMPLS SUFFIX: one process, the members interleaved, one file each
+  log "answers, interleaved in one process: --mask-impl $1 --with-baseline${2:+ ($2)}"
   "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$1" \
-    --model-id "$MODEL_ID-ea-$1$2" --answer-file "$OUT_DIR/$MODEL_ID-ea-$1$2.jsonl"
+    --with-baseline --model-id "$MODEL_ID-{impl}$2" --answer-file "$OUT_DIR/$MODEL_ID-{impl}$2.jsonl"
 }
 
-baseline_answers() {  # baseline_answers SUFFIX
-  log "baseline answers${1:+ ($1)}"
-  "$PYTHON" -m evaluation.gen_baseline_answer_llama3chat "${args[@]}" \
-    --model-id "$MODEL_ID-baseline$1" --answer-file "$OUT_DIR/$MODEL_ID-baseline$1.jsonl"
-}
-
-FAILED=()
+FAILED=() SUMMARY=()
+CONTROL=()  # REPEAT=1: rebuild and its repeat, the drift between processes, shown in each A/B report
 compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWED WHEN NOT STRICT]
   local name=$1 base=$2 opt=$3 strict=$4 allowed=${5:-baseline vs EAGLE in reduced precision} rc=0
+  local report=$OUT_DIR/speed-$name.txt control=()
+  [[ $name == *-repeat ]] || control=("${CONTROL[@]}")
   log "speed.py: $name"
   "$PYTHON" -m evaluation.speed --baseline "$base" --opt "$opt" --json "$OUT_DIR/speed-$name.json" \
-    --markdown "$OUT_DIR/speed-$name.md" --plot "$OUT_DIR/speed-$name.png" || rc=$?
+    --markdown "$OUT_DIR/speed-$name.md" --plot "$OUT_DIR/speed-$name.png" "${control[@]}" \
+    >"$report" || rc=$?
+  cat "$report"
   case $rc in
     0) log "$name: outputs identical" ;;
     1) if [[ $strict == 1 ]]; then FAILED+=("$name"); log "$name: OUTPUTS DIFFER";
        else log "$name: outputs differ (allowed: $allowed)"; fi ;;
     *) die "speed.py failed on $name (exit $rc)" ;;
   esac
+  SUMMARY+=("$name: $(grep -v '^[[:space:]]*$' "$report" | tail -n 1)")
+}
+
+check_settings() {  # every setting, before anything is built, fetched or loaded
+  "$PYTHON" -m evaluation.check_settings "${args[@]}" --mask-impl "$1" --with-baseline \
+    --answer-file "$OUT_DIR/$MODEL_ID-{impl}.jsonl" || die "settings refused (see above); nothing was run"
 }
 
 main() {
@@ -157,57 +162,59 @@ main() {
   for flag in PROFILE REPEAT; do
     [[ ${!flag} == [01] ]] || die "$flag must be 0 or 1, got '${!flag}'"
   done
+  impls=$(mask_impls)
+  mapfile -t args < <(common_args)
+  check_settings "$impls"
   if [[ $BASE_MODEL_PATH == "$TINY_DIR/base" || ( $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ) ]]; then
     ensure_tiny
   fi
   if [[ $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ]]; then
     TOKENIZER_PATH=$TINY_DIR/base
+    mapfile -t args < <(common_args)
   fi
   [[ -f $QUESTION_FILE ]] || ensure_questions
-  impls=$(mask_impls)
-  mapfile -t args < <(common_args)
   mkdir -p "$OUT_DIR"
-  log "mask implementations: $impls; answers in $OUT_DIR"
+  log "mask implementations: $impls and the baseline; answers in $OUT_DIR"
   local profile=()
   [[ $PROFILE == 1 ]] && profile=(--profile)
-  for impl in $impls; do
-    ea_answers "$impl" ""
-  done
-  baseline_answers ""
+  answers "$impls" ""
   if [[ $REPEAT == 1 ]]; then
-    log "control: rebuild and the baseline once more, in new processes"
-    ea_answers rebuild -repeat
-    baseline_answers -repeat
+    log "control: rebuild and the baseline once more, in a second process"
+    answers rebuild -repeat
   fi
 
-  local ref=$OUT_DIR/$MODEL_ID-ea-rebuild.jsonl base=$OUT_DIR/$MODEL_ID-baseline.jsonl strict=0
-  for impl in $impls; do
-    [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-ea-$impl.jsonl" 1
+  local ref=$OUT_DIR/$MODEL_ID-rebuild.jsonl base=$OUT_DIR/$MODEL_ID-baseline.jsonl strict=0
+  [[ $REPEAT == 1 ]] && CONTROL=(--control "$ref" "$OUT_DIR/$MODEL_ID-rebuild-repeat.jsonl")
+  for impl in ${impls//,/ }; do
+    [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-$impl.jsonl" 1
   done
   [[ $(head -n 1 "$ref") == *'"dtype": "float32"'* ]] && strict=1
   compare "baseline-vs-rebuild" "$base" "$ref" "$strict"
   if [[ $REPEAT == 1 ]]; then
     local why="the same command in another process; in reduced precision the GPU kernels need not reproduce bit for bit"
-    compare "rebuild-vs-rebuild-repeat" "$ref" "$OUT_DIR/$MODEL_ID-ea-rebuild-repeat.jsonl" "$strict" "$why"
+    compare "rebuild-vs-rebuild-repeat" "$ref" "$OUT_DIR/$MODEL_ID-rebuild-repeat.jsonl" "$strict" "$why"
     compare "baseline-vs-baseline-repeat" "$base" "$OUT_DIR/$MODEL_ID-baseline-repeat.jsonl" "$strict" "$why"
   fi
 
   if [[ $PROFILE == 1 ]]; then
     local profiles=()
-    for impl in $impls; do profiles+=("$OUT_DIR/$MODEL_ID-ea-$impl.jsonl.profile.json"); done
-    [[ $REPEAT == 1 ]] && profiles+=("$OUT_DIR/$MODEL_ID-ea-rebuild-repeat.jsonl.profile.json")
+    for impl in ${impls//,/ }; do profiles+=("$OUT_DIR/$MODEL_ID-$impl.jsonl.profile.json"); done
+    [[ $REPEAT == 1 ]] && profiles+=("$OUT_DIR/$MODEL_ID-rebuild-repeat.jsonl.profile.json")
     log "step profiles side by side: $OUT_DIR/profile.md (.json, .png)"
     "$PYTHON" -m evaluation.profile_table "${profiles[@]}" --markdown "$OUT_DIR/profile.md" \
       --json "$OUT_DIR/profile.json" --plot "$OUT_DIR/profile.png" >/dev/null
   fi
   local extra=""
   [[ $PROFILE == 1 ]] && extra=", $OUT_DIR/profile.md (.json, .png)"
-  log "reports: $OUT_DIR/speed-*.md (.json, .png)$extra; $((SECONDS - start)) s in all"
+  log "reports: $OUT_DIR/speed-*.md (.json, .png, .txt)$extra; $((SECONDS - start)) s in all"
   if (( ${#FAILED[@]} )); then
     log "token ids differ in: ${FAILED[*]}"
-    exit 1
+  else
+    log "all compared outputs identical"
   fi
-  log "all compared outputs identical"
+  printf '\nsummary (pair: speed.py verdict)\n'
+  printf '%s\n' "${SUMMARY[@]}"
+  (( ${#FAILED[@]} == 0 )) || exit 1
 }
 
 main "$@"

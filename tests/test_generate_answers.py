@@ -165,7 +165,7 @@ def test_attention_backend_without_a_kernel_here_is_refused(tiny_ckpt, question_
 
 def test_pinned_attention_backend_is_in_force_while_decoding(tiny_ckpt, question_file, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setattr("evaluation.generate.check_attention_backend", lambda model, cfg: None)
+    monkeypatch.setattr("evaluation.preflight.check_attention_backend", lambda cfg, runtime: None)
     with pytest.raises(RuntimeError, match="No viable backend"):  # efficient has no CPU kernel
         generate("baseline", tiny_ckpt, question_file, tmp_path / "a.jsonl",
                  "--attention-backend", "efficient")

@@ -1,4 +1,5 @@
-"""scripts/run_mt_bench.sh end to end on the CPU: all 80 questions, rebuild vs vectorized vs baseline."""
+"""scripts/run_mt_bench.sh end to end on the CPU: all 80 questions, rebuild vs vectorized vs baseline
+answered interleaved in one process; settings refused before anything is built; the summary."""
 from __future__ import annotations
 
 import json
@@ -41,9 +42,22 @@ def test_no_argument_run_reports_identical_outputs(default_run):
         report = json.loads((out / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 160
         assert (out / f"speed-{name}.md").is_file() and (out / f"speed-{name}.png").is_file()
-    for name in ("tiny-ea-rebuild", "tiny-ea-vectorized", "tiny-baseline"):
-        lines = (out / f"{name}.jsonl").read_text().splitlines()
-        assert [json.loads(line)["question_id"] for line in lines] == list(range(81, 161))
+    run_ids = set()
+    for name in ("tiny-rebuild", "tiny-vectorized", "tiny-baseline"):
+        lines = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert [line["question_id"] for line in lines] == list(range(81, 161))
+        run_ids |= {line["interleave"]["run_id"] for line in lines}
+    assert len(run_ids) == 1  # one process
+
+
+@pytest.mark.slow
+def test_the_last_lines_summarise_each_pair(default_run):
+    out, done = default_run
+    last = done.stdout.rstrip("\n").splitlines()[-2:]
+    for line, name in zip(last, ("rebuild-vs-vectorized", "baseline-vs-rebuild")):
+        report = (out / f"speed-{name}.txt").read_text().rstrip("\n").splitlines()
+        assert line == f"{name}: {report[-1]}"
+        assert line.startswith(f"{name}: verdict: ") and "paired" in line and "unpaired" not in line
 
 
 @pytest.mark.slow
@@ -51,7 +65,7 @@ def test_script_answers_load_with_fastchat(default_run):
     from test_generate_answers import load_model_answers
 
     loaded = load_model_answers()(str(default_run[0]))
-    assert set(loaded) == {"tiny-ea-rebuild", "tiny-ea-vectorized", "tiny-baseline"}
+    assert set(loaded) == {"tiny-rebuild", "tiny-vectorized", "tiny-baseline"}
     assert all(len(answers) == 80 for answers in loaded.values())
 
 
@@ -60,7 +74,7 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
                        "REPEAT": "1", "QUESTION_END": "2", "MAX_NEW_TOKEN": "8"}, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "profile.md").read_text().startswith(
-        "| section | tiny-ea-rebuild | vectorized | tiny-ea-rebuild-repeat |")
+        "| section | tiny-rebuild | vectorized | tiny-rebuild-repeat |")
     runs = json.loads((tmp_path / "profile.json").read_text())["runs"]
     assert [r["steps"] > 0 for r in runs] == [True, True, True]
     assert (tmp_path / "profile.png").is_file()
@@ -68,6 +82,12 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
         report = json.loads((tmp_path / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 4
     assert "control: rebuild and the baseline once more" in done.stderr
+    control = json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["control"]
+    assert [Path(f).name for f in control["files"]] == ["tiny-rebuild.jsonl", "tiny-rebuild-repeat.jsonl"]
+    repeat = json.loads((tmp_path / "tiny-rebuild-repeat.jsonl").read_text().splitlines()[0])
+    first = json.loads((tmp_path / "tiny-rebuild.jsonl").read_text().splitlines()[0])
+    assert repeat["interleave"]["members"] == ["rebuild", "baseline"]
+    assert repeat["interleave"]["run_id"] != first["interleave"]["run_id"]  # a second process
 
 
 def test_flag_other_than_0_or_1_is_refused(tiny_ckpt, tmp_path):
@@ -81,5 +101,17 @@ def test_unregistered_mask_impl_fails_naming_it(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "MASK_IMPLS": "bogus"},
                       timeout=120)
     assert done.returncode == 2
-    assert "mask implementation(s) bogus not registered" in done.stderr
+    assert "unknown --mask-impl 'bogus'" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_settings_are_refused_before_anything_is_built(tmp_path):
+    tiny = tmp_path / "tiny"  # absent: a run that got past the checks would build it
+    for env, message in (({"MASK_IMPLS": "triton", "DEVICE": "cpu"}, "--mask-impl triton"),
+                         ({"MAX_NEW_TOKEN": "0"}, "--max-new-token must be >= 1"),
+                         ({"DEVICE": "cpu", "ATTENTION_BACKEND": "efficient"},
+                          "--attention-backend efficient cannot run")):
+        done = run_script({"OUT_DIR": str(tmp_path / "out"), "TINY_DIR": str(tiny), **env}, timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+        assert "settings refused" in done.stderr and "Traceback" not in done.stderr
+        assert not tiny.exists() and not (tmp_path / "out").exists()
