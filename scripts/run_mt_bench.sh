@@ -27,6 +27,7 @@
 #   TOTAL_TOKEN DEPTH TOP_K   draft tree                                                 [60 5 10]
 #   TEMPERATURE      0 = greedy                                                          [0.0]
 #   ATTENTION_BACKEND  auto | math | efficient | cudnn | flash: pin the attention kernels  [auto]
+#   CUDA_GRAPH       auto | on | off: replay captured decoding steps (auto: on with CUDA)  [auto]
 #   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs, and
 #                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
 #   REPEAT           1: a control run: rebuild and the baseline answer once more, interleaved, in a
@@ -72,6 +73,7 @@ DEPTH=${DEPTH:-5}
 TOP_K=${TOP_K:-10}
 TEMPERATURE=${TEMPERATURE:-0.0}
 ATTENTION_BACKEND=${ATTENTION_BACKEND:-auto}
+CUDA_GRAPH=${CUDA_GRAPH:-auto}
 PROFILE=${PROFILE:-0}
 REPEAT=${REPEAT:-0}
 OUT_DIR=${OUT_DIR:-runs/mt_bench}
@@ -121,6 +123,7 @@ common_args() {
               --temperature "$TEMPERATURE" --device "$DEVICE" --dtype "$DTYPE"
               --attention-backend "$ATTENTION_BACKEND")
   [[ -n $TOKENIZER_PATH ]] && args+=(--tokenizer-path "$TOKENIZER_PATH")
+  [[ $CUDA_GRAPH != auto ]] && args+=(--cuda-graph "$CUDA_GRAPH")
   [[ -n $QUESTION_BEGIN ]] && args+=(--question-begin "$QUESTION_BEGIN")
   [[ -n $QUESTION_END ]] && args+=(--question-end "$QUESTION_END")
   printf '%s\n' "${args[@]}"
