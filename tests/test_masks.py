@@ -101,6 +101,7 @@ def trees(max_t: int) -> st.SearchStrategy:
 PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @settings(max_examples=8500, **PROPERTY)
 @given(trees(64), st.integers(0, 2))
 def test_cpu_impls_small_trees(parents, extra_depth):

@@ -69,6 +69,7 @@ def test_script_answers_load_with_fastchat(default_run):
     assert all(len(answers) == 80 for answers in loaded.values())
 
 
+@pytest.mark.slow
 def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "PROFILE": "1",
                        "REPEAT": "1", "QUESTION_END": "2", "MAX_NEW_TOKEN": "8"}, timeout=300)

@@ -145,6 +145,7 @@ def test_vocab_map_breaks_ties_by_id():
     assert t2d.tolist() == [False, True, False, True, False, True]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
     one = build(tmp_path / "one", TinySpec(seed=3, **QUICK))
     two = build(tmp_path / "two", TinySpec(seed=3, **QUICK))
