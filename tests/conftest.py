@@ -1,15 +1,34 @@
-"""Shared fixtures: the tiny checkpoints from `eagle.tiny`, built once per test session."""
+"""Shared fixtures: the tiny checkpoints from `eagle.tiny` (built once per test session), the MT-Bench
+questions (copied from the shared data folder and checked against the published sha256), and one
+torch thread for modules that decode the tiny model."""
 from pathlib import Path
 
 import pytest
 
+SHARED_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "mt_bench" / "question.jsonl"
+
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    """DIR holding DIR/base (HF Llama + tokenizer) and DIR/draft (EAGLE-3 head), seed 0: the
-    default sizes, but a base of 8 layers, not grown to 32. The tests check what decoding does,
-    which depth does not change, and run about 3x faster on it."""
+    """DIR holding DIR/base (HF Llama + tokenizer) and DIR/draft (EAGLE-3 head), seed 0."""
     from eagle.tiny import build
-    from eagle.tiny_train import TinySpec
 
-    return build(tmp_path_factory.mktemp("tiny_ckpt"), TinySpec(layers=8, grown_from=8))
+    return build(tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def question_file(tmp_path_factory) -> Path:
+    from evaluation.mt_bench_data import obtain
+
+    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's small ops only pay for intra-op thread synchronisation (10x slower on 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

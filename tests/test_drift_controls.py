@@ -22,17 +22,10 @@ import pytest
 
 from evaluation import speed
 from evaluation.answers import iter_lines
-from evaluation.mt_bench_data import obtain
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
 BURN_LIMIT_S = 120  # a burner ends itself after this, whatever happens to the test
 QUESTIONS = 24
-
-
-@pytest.fixture(scope="module")
-def question_file(tmp_path_factory) -> Path:
-    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
 
 
 @contextmanager

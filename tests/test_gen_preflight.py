@@ -12,15 +12,8 @@ import pytest
 
 from evaluation.answers import iter_lines
 from evaluation.gen_cli import check_main, main as gen_main
-from evaluation.mt_bench_data import obtain
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
-
-
-@pytest.fixture(scope="module")
-def question_file(tmp_path_factory) -> Path:
-    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
 
 
 @pytest.fixture

@@ -19,27 +19,14 @@ from eagle.tree.masks import MASK_IMPLS
 from evaluation import profile_table, speed
 from evaluation.answers import answer_problem, iter_lines
 from evaluation.gen_cli import main as gen_main
-from evaluation.mt_bench_data import obtain
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
 QUESTIONS = 3  # 81, 82, 83: two turns each
 MAX_NEW = 16
 CPU_IMPLS = sorted(set(MASK_IMPLS) - {"rebuild", "triton"})  # triton: CUDA only
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's small ops only pay for intra-op thread synchronisation (10x slower on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def question_file(tmp_path_factory) -> Path:
-    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def generate(method: str, ckpt: Path, question_file: Path, answer_file: Path, *extra: str) -> int:

@@ -2,7 +2,6 @@
 EAGLE greedy decoding with each equals transformers' greedy decoding of the base (float32, CPU)."""
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest

@@ -7,30 +7,15 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from evaluation import speed
 from evaluation.answers import answer_problem, iter_lines
 from evaluation.code_version import source_fingerprint
 from evaluation.gen_cli import Member, main as gen_main, member_labels
 from evaluation.interleave import Runner, rotation
-from evaluation.mt_bench_data import obtain
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def question_file(tmp_path_factory) -> Path:
-    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def generate(method: str, ckpt: Path, question_file: Path, answer_file, *extra: str,
