@@ -41,7 +41,7 @@
 #   TINY_DIR         where the tiny checkpoints are found or built                       [checkpoints/tiny]
 #   PYTHON           interpreter                                                         [python]
 #   OMP_NUM_THREADS  torch CPU threads per process: the tiny model's small ops only pay for thread
-#                    synchronisation (14 vs 140+ ms a step with 2 on 2 busy cores)          [1]
+#                    synchronisation, many times slower with 2 threads on 2 busy cores       [1]
 #
 # Answer files resume: a rerun with the same settings skips answered questions; a rerun with other
 # settings stops and names the file (delete OUT_DIR or choose another). Mask-implementation pairs
