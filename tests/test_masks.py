@@ -229,7 +229,7 @@ def interpreted():
     """`tree_buffers_triton` running in Triton's interpreter on CPU tensors.
 
     The interpreter must be chosen before triton is first imported, so this sets
-    TRITON_INTERPRET=1 for the rest of the session (CPU-only sessions, where no compiled
+    TRITON_INTERPRET=1 for the rest of the test run (CPU-only runs, where no compiled
     kernel can run anyway)."""
     if torch.cuda.is_available():
         pytest.skip("CUDA present: TestGpu runs the compiled kernel instead")
