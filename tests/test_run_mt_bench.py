@@ -111,7 +111,9 @@ def test_settings_are_refused_before_anything_is_built(tmp_path):
     for env, message in (({"MASK_IMPLS": "triton", "DEVICE": "cpu"}, "--mask-impl triton"),
                          ({"MAX_NEW_TOKEN": "0"}, "--max-new-token must be >= 1"),
                          ({"DEVICE": "cpu", "ATTENTION_BACKEND": "efficient"},
-                          "--attention-backend efficient cannot run")):
+                          "--attention-backend efficient cannot run"),
+                         ({"DEVICE": "cpu", "CUDA_GRAPH": "on"}, "--cuda-graph on needs a CUDA device"),
+                         ({"CUDA_GRAPH": "yes"}, "argument --cuda-graph: invalid choice")):
         done = run_script({"OUT_DIR": str(tmp_path / "out"), "TINY_DIR": str(tiny), **env}, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
         assert "settings refused" in done.stderr and "Traceback" not in done.stderr
