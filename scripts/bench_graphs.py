@@ -27,6 +27,7 @@ from eagle import EaModel
 from eagle.config import TreeConfig
 from eagle.presets import PRESETS, build_random
 from eagle.tree.masks import MASK_IMPLS
+from peer_transformers import hf_llama, timed  # this folder: run as python scripts/bench_graphs.py
 
 log = logging.getLogger("bench_graphs")
 
@@ -44,14 +45,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--hf", action="store_true", help="also time transformers' static-cache generate")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     return p.parse_args(argv)
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - start
 
 
 def per_unit_ms(run: Callable[[int], object], new: int, units: Callable[[object], int],
@@ -96,15 +89,8 @@ def bench_engine(model: EaModel, prompt: torch.Tensor, args) -> dict:
 def hf_static(base, prompt: torch.Tensor, args) -> dict:
     """transformers' LlamaForCausalLM on the engine's own tensors (assigned, not copied)."""
     import transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    config = LlamaConfig(**base.args.to_hf_dict(torch_dtype=args.dtype))
-    with torch.device("meta"):
-        hf = LlamaForCausalLM(config)
-    hf.load_state_dict(base.state_dict(), strict=True, assign=True)
-    hf.model.rotary_emb = LlamaRotaryEmbedding(config, device=prompt.device)
-    hf.eval()
+    hf = hf_llama(base)
 
     def run(n: int):
         return hf.generate(prompt, max_new_tokens=n, do_sample=False, cache_implementation="static",

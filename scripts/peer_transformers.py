@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
@@ -29,6 +29,7 @@ from eagle.presets import PRESETS, build_random
 from evaluation.generate import SYSTEM_PROMPT, answer_text, load_questions
 
 log = logging.getLogger("peer_transformers")
+T = TypeVar("T")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -49,31 +50,42 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def hf_model(preset: str, dtype: torch.dtype, seed: int, device: torch.device):
-    """transformers' Llama holding the preset's random tensors (the same seed gives the same weights)."""
+def hf_llama(base):
+    """transformers' `LlamaForCausalLM` holding `base`'s own tensors (assigned, not copied: an 8B
+    model is not held twice)."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    base, _ = build_random(preset, dtype, device, seed, draft=False)
-    config = LlamaConfig(**base.args.to_hf_dict(torch_dtype=str(dtype).removeprefix("torch.")))
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in the target dtype: no fp32 copy of 8B weights
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    model.load_state_dict(base.state_dict(), strict=True)
+    weight = base.lm_head.weight
+    config = LlamaConfig(**base.args.to_hf_dict(torch_dtype=str(weight.dtype).removeprefix("torch.")))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.load_state_dict(base.state_dict(), strict=True, assign=True)
+    with torch.device(weight.device):  # its frequencies were built on meta above
+        model.model.rotary_emb = LlamaRotaryEmbedding(config)
     return model.eval()
 
 
-def timed_generate(model, ids: torch.Tensor, new: int, cache: str) -> tuple[torch.Tensor, float]:
-    """(new token ids, seconds) of one greedy `generate`, the device synchronised on both sides."""
+def hf_model(preset: str, dtype: torch.dtype, seed: int, device: torch.device):
+    """transformers' Llama holding the preset's random tensors (the same seed gives the same weights)."""
+    base, _ = build_random(preset, dtype, device, seed, draft=False)
+    return hf_llama(base)
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """(fn's result, seconds), the device synchronised on both sides."""
     torch.cuda.synchronize()
     start = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=new, do_sample=False, cache_implementation=cache,
-                         pad_token_id=0)
+    out = fn()
     torch.cuda.synchronize()
-    return out[0, ids.shape[1]:], time.perf_counter() - start
+    return out, time.perf_counter() - start
+
+
+def timed_generate(model, ids: torch.Tensor, new: int, cache: str) -> tuple[torch.Tensor, float]:
+    """(new token ids, seconds) of one greedy `generate`."""
+    out, seconds = timed(lambda: model.generate(ids, max_new_tokens=new, do_sample=False,
+                                                cache_implementation=cache, pad_token_id=0))
+    return out[0, ids.shape[1]:], seconds
 
 
 def run(args: argparse.Namespace) -> dict:
