@@ -211,3 +211,9 @@ class TreeConfig:
     def max_depth(self) -> int:
         """Deepest node depth a tree can hold (the root is depth 0)."""
         return self.depth + 1
+
+    @property
+    def step_slots(self) -> int:
+        """Cache slots an EAGLE step may touch past the cache length: the verified tree, the draft
+        input padded to max_depth + 1, and the draft's top_k nodes per level."""
+        return max(self.total_token, self.max_depth + 1, self.depth * self.top_k)

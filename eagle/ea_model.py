@@ -210,7 +210,7 @@ class EaModel(nn.Module):
         prof = StepProfiler(enabled=profile, cuda=self.device.type == "cuda")
         with attention_backend(self.attention, self.device):
             step, fused = self._eagle_ready(sampler is None, profile)
-            ids, out = self._prefill(input_ids, max_new_tokens, step.extra)
+            ids, out = self._prefill(input_ids, max_new_tokens, self.tree.step_slots)
             budget = TokenBudget(max_new_tokens, self.stop_ids)
             root = self._next_token(out.logits[0, -1], sampler)
             budget.extend([root])
@@ -220,7 +220,7 @@ class EaModel(nn.Module):
             step.cache_len.fill_(n)
             cache_len, accepts = n, []
             while not budget.done:
-                window = window_for(cache_len + step.extra, self.max_length)
+                window = window_for(cache_len + self.tree.step_slots, self.max_length)
                 timed = first is None or not self.graphs.enabled
                 section = prof.section if timed else no_section
                 with section("step_total"):
@@ -241,8 +241,8 @@ class EaModel(nn.Module):
             step = self.plain_step = PlainStep(self.base, w.device)
         if self.plain_graphs.enabled and greedy:
             self.plain_graphs.check(self._fingerprint([self.base], [self.base.kv.data, step.token]))
-            self.plain_graphs.capture({("plain", w): (lambda w=w: step.greedy(w))
-                                       for w in all_windows(self.max_length)}, step.reset)
+            self.plain_graphs.capture({("plain", window): (lambda window=window: step.greedy(window))
+                                       for window in all_windows(self.max_length)}, step.reset)
         return step
 
     @torch.inference_mode()

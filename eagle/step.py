@@ -167,11 +167,6 @@ class EagleStep:
         self.positions = torch.zeros(t + 1, dtype=torch.long, device=dev)
         self.retrieve = torch.full((t, c), -1, dtype=torch.long, device=dev)
 
-    @property
-    def extra(self) -> int:
-        """Cache slots a step may touch past the cache length (tree, padded input, draft levels)."""
-        return max(self.tree.total_token, self.tree.max_depth + 1, self.tree.depth * self.tree.top_k)
-
     def draft(self, window: int, section: Section = no_section,
               first: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
         """Draft a tree from the step's inputs, or from `first` (features, tokens, count) after
@@ -230,10 +225,13 @@ class EagleStep:
         return GreedyResult(torch.tensor(path + pad, device=dev),
                             torch.tensor(acc.tokens + pad, device=dev), torch.tensor(len(path), device=dev))
 
-    def whole(self, window: int) -> None:
-        self.draft(window)
-        self.tree_buffers()
-        self.verify(window)
+    def whole(self, window: int, section: Section = no_section,
+              first: Optional[tuple[Tensor, Tensor, Tensor]] = None,
+              sampler: Optional[Sampler] = None) -> None:
+        """Every segment in order, eagerly (or under capture, with the defaults)."""
+        self.draft(window, section, first)
+        self.tree_buffers(section)
+        self.verify(window, section, sampler)
 
     def segments(self, graphs: StepGraphs, windows: list[int],
                  fused: bool) -> dict[Hashable, Callable[[], Any]]:
@@ -261,9 +259,7 @@ class EagleStep:
         """One step: eager after the prefill (`first`), with sampling or with graphs disabled;
         otherwise replayed, as one graph (`fused`) or per segment around the host tree build."""
         if first is not None or sampler is not None or not graphs.enabled:
-            self.draft(window, section, first)
-            self.tree_buffers(section)
-            self.verify(window, section, sampler)
+            self.whole(window, section, first, sampler)
         elif fused:
             graphs.run(("step", self.mask_impl, window), lambda: self.whole(window))
         else:

@@ -18,6 +18,7 @@ from typing import Optional
 import shortuuid
 import torch
 
+from eagle.config import TreeConfig
 from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
 
@@ -59,7 +60,7 @@ def load_questions(path: Path, begin: Optional[int], end: Optional[int]) -> list
 def check_lengths(tokenizer, cfg: GenConfig, questions: list[dict]) -> None:
     """Refuse a --max-length that a conversation could outgrow: its last turn's prompt (every user
     turn, each earlier reply at most --max-new-token tokens) + the new tokens + the draft tree."""
-    tree = cfg.total_token if cfg.drafts else 0
+    tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k).step_slots if cfg.drafts else 0
     for question in questions:
         turns = question["turns"]
         messages = [{"role": "system", "content": SYSTEM_PROMPT}]
@@ -80,7 +81,7 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, for one member's
     config. The baseline loads the base model alone: the draft head would only take memory and
     load time."""
-    from eagle import EaModel, TreeConfig
+    from eagle import EaModel
     from eagle.presets import build_random
 
     device, dtype = runtime

@@ -22,6 +22,7 @@ from .gen_cli import GenConfig, GenError
 
 log = logging.getLogger(__name__)
 
+
 class Runtime(NamedTuple):
     device: torch.device
     dtype: torch.dtype

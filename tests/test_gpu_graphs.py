@@ -69,7 +69,7 @@ def test_captured_and_eager_triton_steps_never_sync():
     for m in (model, eager):
         m.mask_impl = "triton"
         m.generate(prompt, max_new_tokens=16)  # captures; leaves the step buffers mid-sequence
-    window = window_for(50 + 16 + model.eagle_step.extra, model.max_length)
+    window = window_for(50 + 16 + model.tree.step_slots, model.max_length)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
