@@ -27,7 +27,7 @@ from .config import TreeConfig
 from .draft import Drafter
 from .llama import BaseOutput, LlamaForCausalLM, causal_mask, tree_attention_mask
 from .tree.masks import Section, build_tree_buffers, get_mask_impl, no_section
-from .verify import GreedyResult, Sampler, accept_sampling, greedy_accept
+from .verify import GreedyResult, Sampler, accept_sampling, greedy_accept, read_accepted
 
 log = logging.getLogger(__name__)
 
@@ -287,5 +287,4 @@ class EagleStep:
 
     def result(self) -> list[int]:
         """The step's one device->host read: the accepted tokens and the bonus token."""
-        host = torch.cat((self.count[None], self.tokens)).tolist()
-        return host[1:1 + host[0]]
+        return read_accepted(self.count, self.tokens)

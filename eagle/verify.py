@@ -51,11 +51,17 @@ def greedy_accept(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> GreedyRes
     return GreedyResult(torch.where(keep, path, zero), torch.where(keep, toks, zero), length + 1)
 
 
+def read_accepted(count: Tensor, tokens: Tensor) -> list[int]:
+    """The first `count` (0-d) of `tokens` [C] on the host, in one device->host copy."""
+    host = torch.cat((count[None], tokens)).tolist()
+    return host[1:1 + host[0]]
+
+
 def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptance:
-    """`greedy_accept` read back to the host with one device->host copy."""
+    """`greedy_accept` read back to the host."""
     res = greedy_accept(logits, tokens, retrieve)
-    host = torch.cat((res.count[None], res.tokens)).tolist()
-    return Acceptance(res.path[: host[0]], host[1:1 + host[0]])
+    accepted = read_accepted(res.count, res.tokens)
+    return Acceptance(res.path[: len(accepted)], accepted)
 
 
 @dataclass
