@@ -7,7 +7,6 @@ creates the answer files' directories.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -115,11 +114,11 @@ class Kind(NamedTuple):
 def checkpoint_kind(directory: str) -> Optional[Kind]:
     """What DIR/config.json describes (a head: an Eagle architecture name or a single layer), or
     None without a readable config."""
+    from eagle.config import ConfigError, read_config
+
     try:
-        config = json.loads((Path(directory) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(config, dict):
+        config = read_config(Path(directory) / "config.json")
+    except (ConfigError, OSError):  # absent, unreadable or not a JSON object: loading will say
         return None
     eagle_arch = [a for a in config.get("architectures") or [] if "eagle" in str(a).lower()]
     layers = config.get("num_hidden_layers")
