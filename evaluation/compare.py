@@ -241,12 +241,18 @@ def verdict_line(speedup: dict, paired: bool, audit_result: dict) -> str:
             f"{resolution}; {tokens}")
 
 
+def estimate(base: Run, opt: Run, resamples: int, seed: int) -> tuple[dict, list, dict]:
+    """(pairing, the questions the speedup uses, the speedup): paired over the questions both
+    files answered in one process when there are at least two, else unpaired over all."""
+    pair = pairing(base, opt)
+    qids = pair["paired_questions"] if pair["paired"] else sorted(base.by_qid())
+    return pair, qids, speedup_of(base, opt, qids, pair["paired"], resamples, seed)
+
+
 def compare(base: Run, opt: Run, resamples: int = 2000, seed: int = 0) -> dict:
     """The full comparison report (JSON-ready); `check_comparable` must have passed."""
     ta, tb = question_totals(base), question_totals(opt)
-    pair = pairing(base, opt)
-    qids = pair["paired_questions"] if pair["paired"] else sorted(ta)
-    speedup = speedup_of(base, opt, qids, pair["paired"], resamples, seed)
+    pair, qids, speedup = estimate(base, opt, resamples, seed)
     audit_result = audit(base, opt)
     return {
         "baseline": side_summary(base, ta), "opt": side_summary(opt, tb), "pairing": pair,
@@ -260,8 +266,6 @@ def compare(base: Run, opt: Run, resamples: int = 2000, seed: int = 0) -> dict:
 
 def control_speedup(first: Run, second: Run, resamples: int = 2000, seed: int = 0) -> dict:
     """The speedup between two runs of the same code: how large drift alone was."""
-    pair = pairing(first, second)
-    qids = pair["paired_questions"] if pair["paired"] else sorted(first.by_qid())
-    s = speedup_of(first, second, qids, pair["paired"], resamples, seed)
+    pair, _, s = estimate(first, second, resamples, seed)
     return {"files": [str(first.path), str(second.path)], "value": s["value"], "ci95": s["ci95"],
             "method": "paired" if pair["paired"] else "unpaired"}
