@@ -26,14 +26,11 @@ def tree_of(settings: dict) -> str:
 
 
 def mean_acceptance(answer_file: Path) -> float:
-    """Accepted drafts + bonus per step over every turn of the file (the prefill token excluded)."""
-    accepted = steps = 0
-    for line in answer_file.read_text(encoding="utf-8").splitlines():
-        for choice in json.loads(line)["choices"]:
-            for per_step in choice["detail"]["accepted_drafts"]:
-                accepted += sum(per_step) + len(per_step)
-                steps += len(per_step)
-    return accepted / steps if steps else float("nan")
+    """Accepted drafts + the bonus token per step over every turn of the file (`speed.py`'s tau)."""
+    from evaluation.compare import Run, acceptance
+
+    tau = acceptance(Run.load(answer_file))["mean_acceptance_length"]
+    return float("nan") if tau is None else tau
 
 
 def folder_rows(folder: Path) -> list[dict]:
