@@ -31,8 +31,9 @@ class DraftLayer(nn.Module):
 
     def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start, bias: Tensor) -> Tensor:
         x = torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)  # [1, S, 2H]
-        h = h + self.self_attn(x, cos, sin, kv, 0, start, bias)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h, normed = self.post_attention_layernorm.after_add(h, self.self_attn(x, cos, sin, kv, 0,
+                                                                               start, bias))
+        return h + self.mlp(normed)
 
 
 class Eagle3Draft(nn.Module):

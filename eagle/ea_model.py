@@ -14,10 +14,12 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from . import fused
 from .checkpoint import load_base, load_draft
 from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
-from .llama import LlamaForCausalLM, attention_backend, causal_mask, resolve_attention
+from .llama import (LlamaForCausalLM, attention_backend, causal_mask, resolve_attention,
+                    stack_projections)
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
 from .tree.masks import get_mask_impl, no_section, require_available
@@ -102,6 +104,10 @@ class EaModel(nn.Module):
                               f"turn them off")
         resolve_attention(attention, self.device)
         self.attention = attention
+        if fused.active(self.device):
+            stack_projections(base)
+            if head is not None:
+                stack_projections(head)
         self.graphs = StepGraphs(on_cuda if cuda_graph is None else cuda_graph)
         self.plain_graphs = StepGraphs(self.graphs.enabled)
         self.eagle_step: Optional[EagleStep] = None
@@ -169,7 +175,7 @@ class EaModel(nn.Module):
         """What captured graphs depend on: the addresses and shapes of the weights of `modules`
         and of `tensors` (caches, step buffers), and the attention backend."""
         every = [p for m in modules for p in m.parameters()] + tensors
-        return (resolve_attention(self.attention, self.device),
+        return (resolve_attention(self.attention, self.device), fused.describe(self.device),
                 *((t.data_ptr(), tuple(t.shape)) for t in every))
 
     def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
 from .config import ConfigError, ModelArgs, RopeConfig
 
 Start = Union[int, Tensor]  # a first cache slot: a host int, or a 0-d int64 tensor on the device
@@ -73,9 +74,18 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if fused.active(x.device):
+            return fused.ops().rms_norm(x, self.weight, self.eps)[1]
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
+
+    def after_add(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """(x + delta, this norm of it), in one launch where the kernels are fused."""
+        if fused.active(x.device):
+            return fused.ops().rms_norm(x, self.weight, self.eps, delta)
+        x = x + delta
+        return x, self(x)
 
 
 class MLP(nn.Module):
@@ -84,9 +94,22 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
         self.up_proj = nn.Linear(hidden, inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self.gate_up: Optional[Tensor] = None  # both weights stacked (fused.stack_weights)
+
+    def stack(self) -> None:
+        if not fused.stacked(self.gate_up, (self.gate_proj, self.up_proj)):
+            self.gate_up = fused.stack_weights((self.gate_proj, self.up_proj))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if not fused.active(x.device):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if fused.stacked(self.gate_up, (self.gate_proj, self.up_proj)):
+            gate, up = F.linear(x, self.gate_up).split(self.up_proj.out_features, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        rows = x.numel() // x.shape[-1]
+        act = fused.ops().silu_mul(gate.reshape(rows, -1), up.reshape(rows, -1))
+        return self.down_proj(act.view(*x.shape[:-1], -1))
 
 
 class Attention(nn.Module):
@@ -106,6 +129,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, args.hidden_size, bias=False)
+        self.qkv: Optional[Tensor] = None  # the three input projections stacked (stack())
+
+    def stack(self) -> None:
+        if not fused.stacked(self.qkv, (self.q_proj, self.k_proj, self.v_proj)):
+            self.qkv = fused.stack_weights((self.q_proj, self.k_proj, self.v_proj))
 
     def bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """mask: [S, W] bool (True = may attend) -> [rep*S, W] additive bias for the folded query
@@ -120,14 +148,30 @@ class Attention(nn.Module):
         # x: [1, S, in]; bias: [rep*S, W] from `bias()` over cache slots 0..W-1;
         # start: first slot of the new tokens (an int, or a 0-d device tensor)
         s, rep, d = x.shape[1], self.n_heads // self.n_kv, self.head_dim
-        q = self.q_proj(x).view(1, s, self.n_heads, d).transpose(1, 2)  # [1, H, S, D]
-        k = self.k_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)  # [1, Hkv, S, D]
-        v = self.v_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = kv.write(layer, start, k, v, bias.shape[-1])  # [1, Hkv, W, D] views
+        if fused.active(x.device):
+            q = self.rotate_into_cache(x[0], cos, sin, kv, layer, start)  # [H, S, D]
+            keys, values = kv.window(layer, start, s, bias.shape[-1])
+        else:
+            q = self.q_proj(x).view(1, s, self.n_heads, d).transpose(1, 2)  # [1, H, S, D]
+            k = self.k_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)  # [1, Hkv, S, D]
+            v = self.v_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            keys, values = kv.write(layer, start, k, v, bias.shape[-1])  # [1, Hkv, W, D] views
         q = q.reshape(1, self.n_kv, rep * s, d)  # head h = g*rep + r -> group g, row r*S + i
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [1, Hkv, rep*S, D]
         return self.o_proj(out.reshape(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
+
+    def rotate_into_cache(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int,
+                          start: Start) -> Tensor:
+        """The fused path's projections and rotary: x [S, in] -> queries [H, S, D]; the keys
+        and values go straight to their cache slots."""
+        linears = (self.q_proj, self.k_proj, self.v_proj)
+        if fused.stacked(self.qkv, linears):
+            q, k, v = F.linear(x, self.qkv).split([lin.out_features for lin in linears], dim=-1)
+        else:
+            q, k, v = (lin(x) for lin in linears)
+        return fused.ops().rope_into_cache(q, k, v, cos, sin, kv.data[layer, 0], kv.data[layer, 1],
+                                           start)
 
 
 class KVCache(nn.Module):
@@ -153,14 +197,19 @@ class KVCache(nn.Module):
               width: int) -> tuple[Tensor, Tensor]:
         """Store k/v [1, Hkv, S, D] at slots start..start+S; return the layer's first `width`
         slots of keys/values ([1, Hkv, width, D] views)."""
-        s = k.shape[2]
-        end = start + s if isinstance(start, int) else s
+        slots = start + torch.arange(k.shape[2], device=k.device)  # [S]
+        keys, values = self.window(layer, start, k.shape[2], width)
+        self.data[layer, 0].index_copy_(1, slots, k[0])
+        self.data[layer, 1].index_copy_(1, slots, v[0])
+        return keys, values
+
+    def window(self, layer: int, start: Start, new: int, width: int) -> tuple[Tensor, Tensor]:
+        """The layer's first `width` slots of keys and values ([1, Hkv, width, D] views), after
+        checking that `new` tokens from `start` and the window fit the cache."""
+        end = start + new if isinstance(start, int) else new
         if max(end, width) > self.max_len:
             raise RuntimeError(f"KV cache overflow: need {max(end, width)} slots, have "
                                f"{self.max_len}; raise max_length")
-        slots = start + torch.arange(s, device=k.device)  # [S]
-        self.data[layer, 0].index_copy_(1, slots, k[0])
-        self.data[layer, 1].index_copy_(1, slots, v[0])
         return self.data[layer, 0, :, :width][None], self.data[layer, 1, :, :width][None]
 
     def compact(self, start: Start, slots: Tensor) -> None:
@@ -178,8 +227,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def forward(self, x, cos, sin, kv, layer, start, bias):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, bias)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn = self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, bias)
+        x, h = self.post_attention_layernorm.after_add(x, attn)
+        return x + self.mlp(h)
 
 
 class LlamaBody(nn.Module):
@@ -188,6 +238,14 @@ class LlamaBody(nn.Module):
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_hidden_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+
+def stack_projections(model: nn.Module) -> None:
+    """Stack the q/k/v weights of every attention and the gate/up weights of every MLP in
+    `model` (one matrix product each on the fused path; see `fused.stack_weights`)."""
+    for module in model.modules():
+        if isinstance(module, (Attention, MLP)):
+            module.stack()
 
 
 class BaseOutput(NamedTuple):

@@ -18,6 +18,7 @@ from typing import Optional
 import shortuuid
 import torch
 
+from eagle import fused
 from eagle.config import TreeConfig
 from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
@@ -133,6 +134,7 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "attention_backend": cfg.attention_backend,
         "attention_kernel": resolve_attention(cfg.attention_backend, device) or "torch default",
         "cuda_graph": graph_setting(cfg, device),
+        "kernels": fused.describe(device),
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,

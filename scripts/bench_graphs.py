@@ -3,7 +3,8 @@
 On the random-weight preset (default Llama-3.1-8B shapes, fp16), one random prompt: plain decoding
 in ms/token, the EAGLE step in ms/step for every mask implementation, the per-segment step profile
 in graph mode, the capture cost (time, memory), token-level checks (graphs vs eager, a repeat in
-the same process) and, with --hf, transformers' `generate` with a static cache (compiled, CUDA
+the same process), with `--modes ...,unfused` the same graphs over PyTorch's separate pointwise
+kernels instead of the fused ones (eagle.fused) and, with --hf, transformers' `generate` with a static cache (compiled, CUDA
 graphs) on the same weights.
 
 ms/token = (wall(new tokens) - wall(1 token)) / (new - 1), the device synchronised around each
@@ -18,12 +19,13 @@ import json
 import logging
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from eagle import EaModel
+from eagle import EaModel, fused
 from eagle.config import TreeConfig
 from eagle.presets import PRESETS, build_random
 from eagle.tree.masks import MASK_IMPLS
@@ -41,7 +43,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k (default: 60,5,10)")
     p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--repeat", type=int, default=3, help="timed calls per figure (median)")
-    p.add_argument("--modes", default="graphs,eager", help="graphs, eager or both (default: both)")
+    p.add_argument("--modes", default="graphs,eager",
+                   help="comma-separated: graphs, eager, unfused (graphs on, PyTorch's separate "
+                        "pointwise kernels instead of the fused ones; default: graphs,eager)")
     p.add_argument("--hf", action="store_true", help="also time transformers' static-cache generate")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     return p.parse_args(argv)
@@ -108,7 +112,7 @@ def hf_static(base, prompt: torch.Tensor, args) -> dict:
 def summary(report: dict) -> str:
     lines = [f"{report['device']}, {report['preset']} {report['dtype']}, prompt {report['prompt']}, "
              f"{report['new']} new tokens, tree {report['tree']}"]
-    for mode in [m for m in ("graphs", "eager") if m in report]:
+    for mode in [m for m in ("graphs", "eager", "unfused") if m in report]:
         r = report[mode]
         lines.append(f"[{mode}] plain {r['plain']['ms_per_token']:.2f} ms/token; EAGLE ms/step: " +
                      ", ".join(f"{i} {r[i]['ms_per_step']:.2f}" for i in MASK_IMPLS))
@@ -139,13 +143,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prompt = torch.randint(3, base.args.vocab_size, (1, args.prompt),
                            generator=torch.Generator().manual_seed(0)).to(dev)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
+              "kernels": fused.describe(dev),
               "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}
     with torch.inference_mode():
-        for mode, on in (("graphs", True), ("eager", False)):
+        for mode, on in (("graphs", True), ("eager", False), ("unfused", True)):
             if mode not in args.modes.split(","):
                 continue
-            model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
-            report[mode] = bench_engine(model, prompt, args)
+            with fused.unfused() if mode == "unfused" else nullcontext():
+                model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
+                report[mode] = bench_engine(model, prompt, args)
             log.info("%s done", mode)
         again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
         repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}
@@ -153,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             again.mask_impl = impl
             repeat[impl] = again.generate(prompt, max_new_tokens=args.new).new_token_ids
     report["checks"] = checks(report["graphs"], report.get("eager", report["graphs"]), repeat)
+    if "unfused" in report:
+        report["checks"]["unfused_equals_fused"] = {
+            k: report["unfused"][k]["tokens"] == report["graphs"][k]["tokens"]
+            for k in ("plain", *MASK_IMPLS)}
     if args.hf:
         report["hf_static"] = hf_static(base, prompt, args)
         report["checks"]["hf_equals_plain"] = report["hf_static"]["tokens"] == \

@@ -1,6 +1,9 @@
 """Shared fixtures: the tiny checkpoints from `eagle.tiny` (built once per test session), the MT-Bench
 questions (copied from the shared data folder and checked against the published sha256), and one
 torch thread for modules that decode the tiny model."""
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def triton_interpreter():
+    """Triton running its interpreter on CPU tensors, for the kernels' checks on CPU-only runs.
+
+    The interpreter must be chosen before triton is first imported, so this sets
+    TRITON_INTERPRET=1 for the rest of the test run (no compiled kernel can run there anyway)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the GPU tests run the compiled kernels instead")
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set")
+    return triton

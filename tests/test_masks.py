@@ -5,9 +5,6 @@ the position id the number of steps, the retrieve rows the root-to-leaf paths of
 nodes in increasing node order. Property-based trees (>= 10,000 in all: random, chains, stars,
 short-reach "deep" trees, T from 1 to 1024) and trees drawn by the drafting code are checked.
 """
-import importlib.util
-import os
-import sys
 from typing import NamedTuple
 
 import pytest
@@ -225,22 +222,8 @@ def test_triton_without_package_says_how_to_install(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def interpreted():
-    """`tree_buffers_triton` running in Triton's interpreter on CPU tensors.
-
-    The interpreter must be chosen before triton is first imported, so this sets
-    TRITON_INTERPRET=1 for the rest of the test run (CPU-only runs, where no compiled
-    kernel can run anyway)."""
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: TestGpu runs the compiled kernel instead")
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    if "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"
-    import triton
-
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set")
+def interpreted(triton_interpreter):
+    """`tree_buffers_triton` running in Triton's interpreter on CPU tensors."""
     from eagle.tree.triton_tree import tree_buffers_triton
 
     return tree_buffers_triton

@@ -14,14 +14,14 @@ and return fixed shapes ([T, max_depth+1] retrieve indices).
 """
 from __future__ import annotations
 
-import importlib.util
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from ..fused import has_triton
 
 Section = Callable[[str], AbstractContextManager]
 
@@ -200,12 +200,6 @@ def build_vectorized(parents: Tensor, max_depth: int, section: Section = no_sect
     with section("retrieve_indices"):
         retrieve = leaf_rows(parents, table, positions)
     return TreeBuffers(mask, positions, retrieve)
-
-
-@lru_cache(maxsize=None)
-def has_triton() -> bool:
-    """Whether the triton package is importable (looked up once: every build checks it)."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def triton_unavailable(device: torch.device) -> Optional[str]:

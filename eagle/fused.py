@@ -1,0 +1,89 @@
+"""Which kernels a forward runs: fused ones on CUDA, PyTorch's separate ones elsewhere.
+
+On a CUDA device with triton installed, the Llama layers (base and draft) run RMSNorm, rotary
+embedding with the cache write, and SiLU * up as one Triton launch each (`eagle.fused_triton`),
+and their query/key/value and gate/up projections as one matrix product each over weights
+stacked once (`stack_weights`). Everywhere else, and inside `unfused()`, they run the PyTorch
+operations they always ran, so CPU results do not depend on this module.
+
+Both paths compute the same function; in float16 they can part at near-ties (RMSNorm's row sum
+and the stacked products add in other orders). Graphs and eager decoding share the path, so
+their tokens stay equal; the settings of an answer file name the path (`kernels`).
+"""
+from __future__ import annotations
+
+import importlib.util
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+_enabled = True
+
+
+@lru_cache(maxsize=None)
+def has_triton() -> bool:
+    """Whether the triton package is importable (looked up once)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def active(device: torch.device) -> bool:
+    """Whether forwards on `device` run the fused kernels now."""
+    return _enabled and device.type == "cuda" and has_triton()
+
+
+def describe(device: torch.device) -> str:
+    """The kernel path on `device`, as answer files record it."""
+    return "fused (triton)" if active(device) else "torch"
+
+
+@contextmanager
+def unfused() -> Iterator[None]:
+    """Run PyTorch's separate kernels inside this block, on every device (for comparisons)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def ops():
+    """The Triton kernels (imported on first use)."""
+    from . import fused_triton
+
+    return fused_triton
+
+
+def stack_weights(linears: tuple[nn.Linear, ...]) -> Optional[Tensor]:
+    """One [sum of out_features, in_features] tensor of the weights of `linears` (bias-free, one
+    dtype and device), which become views of it: loading or editing a weight in place shows in
+    the stack. None where the weights cannot be stacked."""
+    weights = [lin.weight for lin in linears]
+    if any(lin.bias is not None for lin in linears) or \
+            len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1:
+        return None
+    stack = torch.cat([w.detach() for w in weights])
+    row = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = stack[row:row + rows]
+        row += rows
+    return stack
+
+
+def stacked(stack: Optional[Tensor], linears: tuple[nn.Linear, ...]) -> bool:
+    """Whether `stack` still holds the weights of `linears` (a move, cast or reassignment of any
+    of them since `stack_weights` breaks the link; the forward then uses them one by one)."""
+    if stack is None:
+        return False
+    base, row = stack.data_ptr(), 0
+    for lin in linears:
+        w = lin.weight
+        if w.data_ptr() != base + row * stack.stride(0) * stack.element_size() or \
+                w.dtype != stack.dtype:
+            return False
+        row += w.shape[0]
+    return True

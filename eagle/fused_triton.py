@@ -1,0 +1,134 @@
+"""Triton kernels that fuse the pointwise work of a Llama forward, one launch each.
+
+Imported lazily by `eagle.fused`, so importing `eagle` never needs triton. In a decoding step of
+the unfused forward each layer runs ~40 kernels, most of them a few microseconds of pointwise
+work on one or a few rows; once the step is a CUDA graph, launching them is what the step
+costs beyond reading the weights. Three kernels replace ~30 of them per layer:
+
+- `rms_norm`: RMSNorm (float32 statistics, the normalised row rounded to the input dtype, then
+  times the weight), optionally after a residual add whose sum it also stores;
+- `rope_into_cache`: rotary embedding of the new tokens' queries and keys, the keys and values
+  written straight into their cache slots, the queries laid out head-major ([H, S, D]) as
+  grouped-query SDPA reads them;
+- `silu_mul`: SiLU(gate) * up of the MLP.
+
+Each kernel rounds where PyTorch's separate kernels round (every product, sum and activation is
+rounded to the tensor dtype before the next operation uses it), and none lets the compiler
+contract a multiply and an add (`enable_fp_fusion=False`). The rotary and residual arithmetic is
+therefore bit for bit PyTorch's; RMSNorm's row sum adds in another order, and SiLU's exponential
+may differ in the last bit of float32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, delta_ptr, sum_ptr, w_ptr, out_ptr, n, x_row, delta_row, eps,
+                     HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per row: [sum = x + delta;] out = w * (row / rms(row)) in the input dtype."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < n
+    x = tl.load(x_ptr + row * x_row + cols, mask=inside, other=0.0)
+    if HAS_DELTA:
+        x = x + tl.load(delta_ptr + row * delta_row + cols, mask=inside, other=0.0)
+        tl.store(sum_ptr + row * n + cols, x, mask=inside)
+    h = x.to(tl.float32)
+    inv = tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
+    normed = (h * inv).to(x.dtype)
+    w = tl.load(w_ptr + cols, mask=inside, other=0.0)
+    tl.store(out_ptr + row * n + cols, w.to(tl.float32) * normed.to(tl.float32), mask=inside)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None) -> tuple:
+    """x, delta: [..., n] with unit stride in the last dim. Returns (x + delta or x, normed)."""
+    n = x.shape[-1]
+    rows = x.numel() // n
+    xs = x.reshape(rows, n)
+    out = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
+    total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if delta is not None else x
+    ds = delta.reshape(rows, n) if delta is not None else xs
+    block = triton.next_power_of_2(n)
+    _rms_norm_kernel[(rows,)](xs, ds, total, weight, out, n, xs.stride(0), ds.stride(0), eps,
+                              HAS_DELTA=delta is not None, BLOCK=block,
+                              num_warps=8 if block >= 4096 else 4, enable_fp_fusion=False)
+    return total, out
+
+
+@triton.jit
+def _rope_into_cache_kernel(q_ptr, k_ptr, v_ptr, q_row, k_row, v_row, cos_ptr, sin_ptr, q_out,
+                            k_cache, v_cache, start_ptr, start, s_len, max_len,
+                            H: tl.constexpr, HALF: tl.constexpr, START_ON_DEVICE: tl.constexpr):
+    """Program (i, j): token i; j < H rotates query head j into q_out[j, i]; j >= H rotates key
+    head j - H into its cache slot start + i and copies the value head beside it."""
+    i = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    d = tl.arange(0, HALF)
+    c1 = tl.load(cos_ptr + i * 2 * HALF + d)
+    c2 = tl.load(cos_ptr + i * 2 * HALF + HALF + d)
+    s1 = tl.load(sin_ptr + i * 2 * HALF + d)
+    s2 = tl.load(sin_ptr + i * 2 * HALF + HALF + d)
+    if j < H:
+        src = q_ptr + i * q_row + j * 2 * HALF
+        dst = q_out + (j * s_len + i) * 2 * HALF
+    else:
+        g = j - H
+        first = tl.load(start_ptr) if START_ON_DEVICE else start
+        slot = (g * max_len + first + i).to(tl.int64) * 2 * HALF
+        v_src = v_ptr + i * v_row + g * 2 * HALF
+        tl.store(v_cache + slot + d, tl.load(v_src + d))
+        tl.store(v_cache + slot + HALF + d, tl.load(v_src + HALF + d))
+        src = k_ptr + i * k_row + g * 2 * HALF
+        dst = k_cache + slot
+    x1 = tl.load(src + d)
+    x2 = tl.load(src + HALF + d)
+    dt = x1.dtype
+    # x * cos + cat(-x2, x1) * sin, rounded after each operation as PyTorch's kernels round
+    lo = (x1 * c1).to(dt) + (-x2 * s1).to(dt)
+    hi = (x2 * c2).to(dt) + (x1 * s2).to(dt)
+    tl.store(dst + d, lo.to(dt))
+    tl.store(dst + HALF + d, hi.to(dt))
+
+
+def rope_into_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
+                    v_cache: Tensor, start) -> Tensor:
+    """q: [S, H*D], k, v: [S, Hkv*D] (rows may be strided views of one fused projection);
+    cos, sin: [S, D]; k_cache, v_cache: [Hkv, max_len, D] contiguous; start: the first slot (an
+    int or a 0-d device tensor). Writes the rotated keys and the values to slots start..start+S
+    and returns the rotated queries as [H, S, D]."""
+    s, d = cos.shape
+    h, n_kv, max_len = q.shape[1] // d, k_cache.shape[0], k_cache.shape[1]
+    q_out = torch.empty(h, s, d, dtype=q.dtype, device=q.device)
+    on_device = isinstance(start, Tensor)
+    _rope_into_cache_kernel[(s, h + n_kv)](
+        q, k, v, q.stride(0), k.stride(0), v.stride(0), cos, sin, q_out, k_cache, v_cache,
+        start if on_device else q_out, 0 if on_device else start, s, max_len, H=h, HALF=d // 2,
+        START_ON_DEVICE=on_device, num_warps=1, enable_fp_fusion=False)
+    return q_out
+
+
+@triton.jit
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, g_row, u_row, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    g = tl.load(g_ptr + row * g_row + cols, mask=inside, other=0.0)
+    u = tl.load(u_ptr + row * u_row + cols, mask=inside, other=0.0)
+    gf = g.to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+    tl.store(out_ptr + row * n + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype),
+             mask=inside)
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """gate, up: [S, n] (rows may be strided views of one fused projection) -> [S, n]."""
+    s, n = gate.shape
+    out = torch.empty(s, n, dtype=gate.dtype, device=gate.device)
+    block = 1024
+    _silu_mul_kernel[(s, triton.cdiv(n, block))](gate, up, out, n, gate.stride(0), up.stride(0),
+                                                 BLOCK=block, num_warps=4, enable_fp_fusion=False)
+    return out

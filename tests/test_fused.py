@@ -1,0 +1,154 @@
+"""The fused path (eagle.fused): stacked projection weights stay views of their stack, each Triton
+kernel computes what the PyTorch operations it replaces compute, and a model decodes the same
+tokens on either path.
+
+The kernels run in Triton's interpreter on CPU tensors where triton is installed and there is no
+GPU; the `gpu` tests run them compiled. Without triton the interpreter tests skip (CI's CPU
+machine), and the CPU engine never takes the fused path (checked here)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eagle import EaModel, fused
+from eagle.config import TreeConfig
+from eagle.llama import KVCache, RMSNorm, apply_rotary, stack_projections
+from eagle.presets import build_random
+
+ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+TREE = TreeConfig(20, 4, 4)
+
+
+def linears(*outs: int, bias: bool = False) -> tuple:
+    torch.manual_seed(0)
+    return tuple(nn.Linear(8, n, bias=bias) for n in outs)
+
+
+def test_stacked_weights_are_views_that_loading_updates():
+    q, k, v = linears(6, 2, 2)
+    before = [lin.weight.detach().clone() for lin in (q, k, v)]
+    stack = fused.stack_weights((q, k, v))
+    assert fused.stacked(stack, (q, k, v))
+    assert torch.equal(stack, torch.cat(before))
+    new = torch.randn(2, 8)
+    k.load_state_dict({"weight": new})
+    assert torch.equal(stack[6:8], new) and fused.stacked(stack, (q, k, v))
+
+
+def test_a_cast_or_reassigned_weight_unlinks_the_stack():
+    q, k, v = linears(6, 2, 2)
+    stack = fused.stack_weights((q, k, v))
+    v.weight = nn.Parameter(torch.zeros(2, 8))
+    assert not fused.stacked(stack, (q, k, v))
+    stack = fused.stack_weights((q, k, v))
+    q.double()
+    assert not fused.stacked(stack, (q, k, v))
+    assert not fused.stacked(None, (q, k, v))
+
+
+def test_weights_with_bias_or_mixed_widths_are_not_stacked():
+    assert fused.stack_weights(linears(4, 4, bias=True)) is None
+    torch.manual_seed(0)
+    assert fused.stack_weights((nn.Linear(8, 4, bias=False), nn.Linear(6, 4, bias=False))) is None
+
+
+def test_cpu_models_take_the_torch_path():
+    assert not fused.active(torch.device("cpu")) and fused.describe(torch.device("cpu")) == "torch"
+    with fused.unfused():
+        assert fused.describe(torch.device("cuda")) == "torch"
+
+
+def qkv_rows(s: int, h: int, n_kv: int, d: int, dtype) -> tuple:
+    """Queries, keys and values as strided column blocks of one [S, (H + 2 Hkv) D] product."""
+    qkv = torch.randn(s, (h + 2 * n_kv) * d, dtype=torch.float32).to(dtype)
+    return qkv.split([h * d, n_kv * d, n_kv * d], dim=-1)
+
+
+def cos_sin(s: int, d: int, dtype) -> tuple:
+    angles = torch.rand(s, d // 2) * 100
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def check_kernels(ops, device: str, dtype) -> None:
+    """Each kernel against the PyTorch operations it replaces, on `device`."""
+    torch.manual_seed(1)
+    s, h, n_kv, d, slots = 5, 6, 2, 16, 24
+    q, k, v = (t.to(device) for t in qkv_rows(s, h, n_kv, d, dtype))
+    cos, sin = (t.to(device) for t in cos_sin(s, d, dtype))
+    for start in (3, torch.tensor(11, device=device)):
+        got, want = (KVCache(1, n_kv, d, slots, dtype, torch.device(device)) for _ in range(2))
+        q_rot = ops.rope_into_cache(q, k, v, cos, sin, got.data[0, 0], got.data[0, 1], start)
+        heads = lambda t, n: t.reshape(1, s, n, d).transpose(1, 2)  # noqa: E731
+        want.write(0, start, apply_rotary(heads(k, n_kv), cos, sin), heads(v, n_kv), slots)
+        assert torch.equal(q_rot, apply_rotary(heads(q, h), cos, sin)[0])  # bit for bit
+        assert torch.equal(got.data, want.data)
+
+    norm = RMSNorm(96, 1e-5).to(device=device, dtype=dtype)
+    nn.init.normal_(norm.weight)
+    x, delta = (torch.randn(1, 4, 96, device=device).to(dtype) for _ in range(2))
+    total, normed = ops.rms_norm(x, norm.weight, 1e-5, delta)
+    assert torch.equal(total, x + delta)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(normed, norm(x + delta), atol=tol, rtol=tol)
+    torch.testing.assert_close(ops.rms_norm(x[:, -1:], norm.weight, 1e-5)[1], norm(x[:, -1:]),
+                               atol=tol, rtol=tol)
+
+    gate, up = torch.randn(3, 2 * 1500, device=device).to(dtype).split(1500, dim=-1)
+    torch.testing.assert_close(ops.silu_mul(gate, up), F.silu(gate) * up, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernels_match_torch_interpreted(triton_interpreter, dtype):
+    check_kernels(fused.ops(), "cpu", dtype)
+
+
+def decode(model: EaModel, prompt: torch.Tensor, new: int) -> tuple:
+    return (model.naive_generate(prompt, max_new_tokens=new).new_token_ids,
+            model.generate(prompt, max_new_tokens=new).new_token_ids)
+
+
+@pytest.mark.slow
+def test_fused_engine_decodes_the_torch_tokens_interpreted(triton_interpreter, monkeypatch):
+    """The whole fused forward (stacked products, fused norms, rotary into the cache) run on CPU
+    in the interpreter decodes what the PyTorch path decodes, baseline and EAGLE, in float32."""
+    base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=0)
+    prompt = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(0))
+    want = decode(EaModel(base, head, TREE, max_length=128), prompt, 12)
+    monkeypatch.setattr(fused, "active", lambda device: True)
+    model = EaModel(base, head, TREE, max_length=128)
+    assert all(m.qkv is not None for m in model.modules() if hasattr(m, "qkv"))
+    assert decode(model, prompt, 12) == want
+
+
+@pytest.mark.gpu
+@ON_GPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kernels_match_torch_gpu(dtype):
+    check_kernels(fused.ops(), "cuda", dtype)
+
+
+@pytest.mark.gpu
+@ON_GPU
+@pytest.mark.parametrize("preset", ["tiny", "llama3.1-8b"])
+def test_fused_path_decodes_the_torch_tokens_gpu_fp32(preset):
+    """float32 on the GPU, graphs on: the fused path (the CUDA default) decodes what PyTorch's
+    separate kernels decode, for the baseline and EAGLE."""
+    base, head = build_random(preset, torch.float32, torch.device("cuda"), seed=0)
+    prompt = torch.randint(3, base.args.vocab_size, (1, 64),
+                           generator=torch.Generator().manual_seed(0)).cuda()
+    model = EaModel(base, head, TreeConfig(60, 5, 10), max_length=512)
+    got = decode(model, prompt, 48)
+    with fused.unfused():
+        want = decode(EaModel(base, head, TreeConfig(60, 5, 10), max_length=512), prompt, 48)
+    assert got == want
+
+
+def test_stack_projections_reaches_base_and_head():
+    base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=0)
+    for model in (base, head):
+        stack_projections(model)
+        stacks = [(m.qkv, (m.q_proj, m.k_proj, m.v_proj)) for m in model.modules()
+                  if hasattr(m, "qkv")] + [(m.gate_up, (m.gate_proj, m.up_proj))
+                                           for m in model.modules() if hasattr(m, "gate_up")]
+        assert stacks and all(fused.stacked(*pair) for pair in stacks)
