@@ -65,7 +65,8 @@ def stack_weights(linears: tuple[nn.Linear, ...]) -> Optional[Tensor]:
     if any(lin.bias is not None for lin in linears) or \
             len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1:
         return None
-    stack = torch.cat([w.detach() for w in weights])
+    with torch.inference_mode(False), torch.no_grad():  # weights must stay ordinary tensors
+        stack = torch.cat([w.detach() for w in weights])
     row = 0
     for lin in linears:
         rows = lin.weight.shape[0]

@@ -163,12 +163,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report["checks"]["unfused_equals_fused"] = {
             k: report["unfused"][k]["tokens"] == report["graphs"][k]["tokens"]
             for k in ("plain", *MASK_IMPLS)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")  # kept if transformers fails below
     if args.hf:
         report["hf_static"] = hf_static(base, prompt, args)
         report["checks"]["hf_equals_plain"] = report["hf_static"]["tokens"] == \
             report["graphs"]["plain"]["tokens"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(summary(report))  # noqa: T201 - the script's table
     return 0
 

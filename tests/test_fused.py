@@ -152,3 +152,13 @@ def test_stack_projections_reaches_base_and_head():
                   if hasattr(m, "qkv")] + [(m.gate_up, (m.gate_proj, m.up_proj))
                                            for m in model.modules() if hasattr(m, "gate_up")]
         assert stacks and all(fused.stacked(*pair) for pair in stacks)
+
+
+def test_weights_stacked_under_inference_mode_stay_ordinary_tensors():
+    """A model set up inside `torch.inference_mode()` keeps weights that can still become
+    Parameters elsewhere (transformers' loader does, for the benchmark's peer)."""
+    q, k, v = linears(6, 2, 2)
+    with torch.inference_mode():
+        fused.stack_weights((q, k, v))
+    assert not any(lin.weight.is_inference() for lin in (q, k, v))
+    nn.Parameter(q.weight.detach(), requires_grad=True)
