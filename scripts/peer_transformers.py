@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -95,11 +96,15 @@ def run(args: argparse.Namespace) -> dict:
     model = hf_model(args.preset, getattr(torch, args.dtype), args.seed, torch.device("cuda"))
     stop_ids = frozenset(model.generation_config.eos_token_id or [])
     questions = load_questions(args.question_file, args.question_begin, args.question_end)
-    warm = tok.apply_chat_template([{"role": "user", "content": questions[0]["turns"][0]}],
-                                   add_generation_prompt=True, return_tensors="pt", return_dict=False)
+    user = [{"role": "user", "content": questions[0]["turns"][0]}]
+    warm = [tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt",
+                                    return_dict=False)
+            for chat in (user, [{"role": "system", "content": SYSTEM_PROMPT}, *user])]
     start = time.perf_counter()
-    for _ in range(2):  # the first static-cache call compiles; the second checks it stays compiled
-        timed_generate(model, warm.cuda(), args.max_new_token, args.cache)
+    # the first static-cache call compiles; a prompt of another length recompiles once with a
+    # dynamic length (else the first timed turn would); the third call checks nothing recompiles
+    for ids in (*warm, warm[0]):
+        timed_generate(model, ids.cuda(), args.max_new_token, args.cache)
     warmup_s = time.perf_counter() - start
     turns = []
     for q in questions:
@@ -122,6 +127,12 @@ def run(args: argparse.Namespace) -> dict:
 def summarise(args: argparse.Namespace, turns: list[dict], warmup_s: float) -> dict:
     new = sum(t["new_tokens"] for t in turns)
     wall = sum(t["wall_time"] for t in turns)
+    typical = statistics.median(t["wall_time"] / t["new_tokens"] for t in turns)
+    slow = [f"question {t['question_id']} turn {t['turn']}" for t in turns
+            if t["wall_time"] / t["new_tokens"] > 3 * typical]
+    if slow:
+        log.warning("%s took over 3x the median time per token (a recompile?); tokens/s includes "
+                    "them", ", ".join(slow))
     decode = [(t["wall_time"] - t["first_token"]) / (t["new_tokens"] - 1) for t in turns
               if t["new_tokens"] > 1]
     import transformers
@@ -131,7 +142,7 @@ def summarise(args: argparse.Namespace, turns: list[dict], warmup_s: float) -> d
             "torch": torch.__version__, "transformers": transformers.__version__,
             "max_new_token": args.max_new_token, "warmup_s": warmup_s,
             "tokens_per_s": new / wall, "ms_per_token_decode_mean": 1000 * sum(decode) / len(decode),
-            "turns": turns}
+            "slow_turns": slow, "turns": turns}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
