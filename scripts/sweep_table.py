@@ -38,8 +38,8 @@ def folder_rows(folder: Path) -> list[dict]:
     report = json.loads((folder / "profile.json").read_text(encoding="utf-8"))
     rows = []
     for run in report["runs"]:
-        profile = Path(run["file"])  # ANSWER.jsonl.profile.json beside ANSWER.jsonl
-        answers = profile.with_name(profile.name.removesuffix(".profile.json"))
+        # ANSWER.jsonl.profile.json lies beside ANSWER.jsonl, in this folder wherever it moved
+        answers = folder / Path(run["file"]).name.removesuffix(".profile.json")
         rows.append({"tree": tree_of(run["settings"]), "depth": run["settings"]["depth"],
                      "impl": run["label"], "step_ms": run["ms_per_step"]["step_total"],
                      "tree_buffers_ms": run["tree_buffers_ms"], "tree_buffers_pct": run["tree_buffers_pct"],
