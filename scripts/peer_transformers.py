@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 import torch
 
 from eagle.presets import PRESETS, build_random
+from evaluation.atomic import write_atomic
 from evaluation.generate import SYSTEM_PROMPT, answer_text, load_questions
 
 log = logging.getLogger("peer_transformers")
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     for ids in (*warm, warm[0]):
         timed_generate(model, ids.cuda(), args.max_new_token, args.cache)
     warmup_s = time.perf_counter() - start
+    device = torch.cuda.get_device_name()
     turns = []
     for q in questions:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}]
@@ -121,24 +123,31 @@ def run(args: argparse.Namespace) -> dict:
                              "content": answer_text(tok, new_ids.tolist(), stop_ids)})
             log.info("question %s turn %d: %d tokens in %.3f s", q["question_id"], t + 1,
                      new_ids.numel(), seconds)
-    return summarise(args, turns, warmup_s)
+            save(args, turns, warmup_s, device, complete=False)  # a run cut short keeps its turns
+    return save(args, turns, warmup_s, device, complete=True)
 
 
-def summarise(args: argparse.Namespace, turns: list[dict], warmup_s: float) -> dict:
+def save(args: argparse.Namespace, turns: list[dict], warmup_s: float, device: str,
+         complete: bool) -> dict:
+    """Write the report of the turns so far to --out (atomically) and return it; `complete`
+    says whether every selected turn is in it."""
+    report = {**summarise(args, turns, warmup_s, device), "complete": complete}
+    write_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def summarise(args: argparse.Namespace, turns: list[dict], warmup_s: float, device: str) -> dict:
     new = sum(t["new_tokens"] for t in turns)
     wall = sum(t["wall_time"] for t in turns)
     typical = statistics.median(t["wall_time"] / t["new_tokens"] for t in turns)
     slow = [f"question {t['question_id']} turn {t['turn']}" for t in turns
             if t["wall_time"] / t["new_tokens"] > 3 * typical]
-    if slow:
-        log.warning("%s took over 3x the median time per token (a recompile?); tokens/s includes "
-                    "them", ", ".join(slow))
     decode = [(t["wall_time"] - t["first_token"]) / (t["new_tokens"] - 1) for t in turns
               if t["new_tokens"] > 1]
     import transformers
 
     return {"what": f"transformers generate, {args.cache} cache", "preset": args.preset,
-            "dtype": args.dtype, "device": torch.cuda.get_device_name(),
+            "dtype": args.dtype, "device": device,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "max_new_token": args.max_new_token, "warmup_s": warmup_s,
             "tokens_per_s": new / wall, "ms_per_token_decode_mean": 1000 * sum(decode) / len(decode),
@@ -152,8 +161,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("needs a CUDA device (the reference is timed on the GPU)")
         return 2
     report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if report["slow_turns"]:
+        log.warning("%s took over 3x the median time per token (a recompile?); tokens/s includes "
+                    "them", ", ".join(report["slow_turns"]))
     log.info("%s on %s: %.2f tokens/s, decoding %.2f ms/token (warm-up %.1f s)", report["what"],
              report["device"], report["tokens_per_s"], report["ms_per_token_decode_mean"],
              report["warmup_s"])

@@ -2,6 +2,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from eagle.config import TreeConfig
@@ -26,3 +27,24 @@ def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine():
                            cache_implementation="static")[0, ids.shape[1]:].tolist()
     ours = EaModel(base, None, TreeConfig()).naive_generate(ids, max_new_tokens=16).new_token_ids
     assert theirs == ours
+
+
+def test_report_is_saved_after_every_turn_and_flags_slow_ones(tmp_path):
+    """A run stopped mid-way leaves a readable report of its turns (complete: false); a turn far
+    slower per token than the median (a recompile inside timing) is named."""
+    import argparse
+    import json
+
+    peer = load_script()
+    args = argparse.Namespace(cache="static", preset="tiny", dtype="float32", max_new_token=8,
+                              out=tmp_path / "peer.json")
+    turn = {"question_id": 81, "turn": 1, "prompt_tokens": 30, "new_tokens": 8, "wall_time": 0.08,
+            "first_token": 0.01}
+    turns = [dict(turn, wall_time=4.0), *(dict(turn, turn=t) for t in (2, 3, 4))]
+    peer.save(args, turns[:1], 1.0, "a GPU", complete=False)
+    partial = json.loads(args.out.read_text())
+    assert partial["complete"] is False and len(partial["turns"]) == 1
+    report = peer.save(args, turns, 1.0, "a GPU", complete=True)
+    assert json.loads(args.out.read_text()) == report and report["complete"] is True
+    assert report["slow_turns"] == ["question 81 turn 1"]
+    assert report["tokens_per_s"] == pytest.approx(32 / 4.24)
