@@ -50,6 +50,13 @@ def unfused() -> Iterator[None]:
         _enabled = before
 
 
+def rope_fits(head_dim: int) -> bool:
+    """Whether the fused rotary kernel takes this head size (its halves are power-of-two ranges,
+    as in every Llama); attention with another head size keeps PyTorch's rotary."""
+    half = head_dim // 2
+    return head_dim % 2 == 0 and half > 0 and half & (half - 1) == 0
+
+
 def ops():
     """The Triton kernels (imported on first use)."""
     from . import fused_triton

@@ -26,6 +26,11 @@ import triton.language as tl
 from torch import Tensor
 
 
+def unit_stride(rows: Tensor) -> Tensor:
+    """`rows` ([R, n]) itself when its elements are adjacent within a row, else a copy."""
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
 @triton.jit
 def _rms_norm_kernel(x_ptr, delta_ptr, sum_ptr, w_ptr, out_ptr, n, x_row, delta_row, eps,
                      HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
@@ -48,10 +53,10 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None)
     """x, delta: [..., n] with unit stride in the last dim. Returns (x + delta or x, normed)."""
     n = x.shape[-1]
     rows = x.numel() // n
-    xs = x.reshape(rows, n)
+    xs = unit_stride(x.reshape(rows, n))
     out = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
     total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if delta is not None else x
-    ds = delta.reshape(rows, n) if delta is not None else xs
+    ds = unit_stride(delta.reshape(rows, n)) if delta is not None else xs
     block = triton.next_power_of_2(n)
     _rms_norm_kernel[(rows,)](xs, ds, total, weight, out, n, xs.stride(0), ds.stride(0), eps,
                               HAS_DELTA=delta is not None, BLOCK=block,
@@ -96,12 +101,15 @@ def _rope_into_cache_kernel(q_ptr, k_ptr, v_ptr, q_row, k_row, v_row, cos_ptr, s
 
 def rope_into_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
                     v_cache: Tensor, start) -> Tensor:
-    """q: [S, H*D], k, v: [S, Hkv*D] (rows may be strided views of one fused projection);
+    """q: [S, H*D], k, v: [S, Hkv*D] (rows may be strided views of one fused projection; D/2 a
+    power of two, see `eagle.fused.rope_fits`);
     cos, sin: [S, D]; k_cache, v_cache: [Hkv, max_len, D] contiguous; start: the first slot (an
     int or a 0-d device tensor). Writes the rotated keys and the values to slots start..start+S
     and returns the rotated queries as [H, S, D]."""
     s, d = cos.shape
     h, n_kv, max_len = q.shape[1] // d, k_cache.shape[0], k_cache.shape[1]
+    q, k, v = unit_stride(q), unit_stride(k), unit_stride(v)
+    cos, sin = cos.contiguous(), sin.contiguous()
     q_out = torch.empty(h, s, d, dtype=q.dtype, device=q.device)
     on_device = isinstance(start, Tensor)
     _rope_into_cache_kernel[(s, h + n_kv)](
@@ -127,6 +135,7 @@ def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, g_row, u_row, BLOCK: tl.constexpr
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """gate, up: [S, n] (rows may be strided views of one fused projection) -> [S, n]."""
     s, n = gate.shape
+    gate, up = unit_stride(gate), unit_stride(up)
     out = torch.empty(s, n, dtype=gate.dtype, device=gate.device)
     block = 1024
     _silu_mul_kernel[(s, triton.cdiv(n, block))](gate, up, out, n, gate.stride(0), up.stride(0),

@@ -148,7 +148,7 @@ class Attention(nn.Module):
         # x: [1, S, in]; bias: [rep*S, W] from `bias()` over cache slots 0..W-1;
         # start: first slot of the new tokens (an int, or a 0-d device tensor)
         s, rep, d = x.shape[1], self.n_heads // self.n_kv, self.head_dim
-        if fused.active(x.device):
+        if fused.active(x.device) and fused.rope_fits(d):
             q = self.rotate_into_cache(x[0], cos, sin, kv, layer, start)  # [H, S, D]
             keys, values = kv.window(layer, start, s, bias.shape[-1])
         else:

@@ -52,6 +52,10 @@ def test_weights_with_bias_or_mixed_widths_are_not_stacked():
     assert fused.stack_weights((nn.Linear(8, 4, bias=False), nn.Linear(6, 4, bias=False))) is None
 
 
+def test_rope_fits_power_of_two_halves():
+    assert [d for d in (16, 64, 80, 96, 128, 256, 7) if fused.rope_fits(d)] == [16, 64, 128, 256]
+
+
 def test_cpu_models_take_the_torch_path():
     assert not fused.active(torch.device("cpu")) and fused.describe(torch.device("cpu")) == "torch"
     with fused.unfused():
