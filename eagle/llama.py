@@ -4,6 +4,8 @@ Parameter names match Hugging Face's `LlamaForCausalLM` so checkpoints load with
 `load_state_dict`. One forward serves prefill, plain decoding and tree verification: the caller says
 where the new tokens' K/V go in the cache, which rope positions they take and (for a tree) which
 earlier tokens each may attend to. It returns logits and the EAGLE-3 auxiliary hidden states.
+On CUDA the layers take the fused path of `eagle.fused` (Triton pointwise kernels, stacked
+projection weights); elsewhere they run the PyTorch operations written out below.
 """
 from __future__ import annotations
 
