@@ -2,8 +2,9 @@
 
 Imported lazily by `eagle.fused`, so importing `eagle` never needs triton. In a decoding step of
 the unfused forward each layer runs ~40 kernels, most of them a few microseconds of pointwise
-work on one or a few rows; once the step is a CUDA graph, launching them is what the step
-costs beyond reading the weights. Three kernels replace ~30 of them per layer:
+work on one or a few rows; once the step is a CUDA graph, running them one after another is
+much of what the step costs beyond reading the weights. Three kernels replace ~30 of them per
+layer:
 
 - `rms_norm`: RMSNorm (float32 statistics, the normalised row rounded to the input dtype, then
   times the weight), optionally after a residual add whose sum it also stores;
