@@ -4,8 +4,8 @@ On the random-weight preset (default Llama-3.1-8B shapes, fp16), one random prom
 in ms/token, the EAGLE step in ms/step for every mask implementation, the per-segment step profile
 in graph mode, the capture cost (time, memory), token-level checks (graphs vs eager, a repeat in
 the same process), with `--modes ...,unfused` the same graphs over PyTorch's separate pointwise
-kernels instead of the fused ones (eagle.fused) and, with --hf, transformers' `generate` with a static cache (compiled, CUDA
-graphs) on the same weights.
+kernels instead of the fused ones (eagle.fused) and, with --hf, transformers' `generate` with a
+static cache (compiled, CUDA graphs) on the same weights.
 
 ms/token = (wall(new tokens) - wall(1 token)) / (new - 1), the device synchronised around each
 call, median of --repeat calls: the prefill cancels out. ms/step likewise divides by the steps.

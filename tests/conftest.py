@@ -1,7 +1,6 @@
 """Shared fixtures: the tiny checkpoints from `eagle.tiny` (built once per test session), the MT-Bench
 questions (copied from the shared data folder and checked against the published sha256), and one
 torch thread for modules that decode the tiny model."""
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -45,9 +44,11 @@ def triton_interpreter():
     TRITON_INTERPRET=1 for the rest of the test run (no compiled kernel can run there anyway)."""
     import torch
 
+    from eagle.fused import has_triton
+
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the GPU tests run the compiled kernels instead")
-    if importlib.util.find_spec("triton") is None:
+    if not has_triton():
         pytest.skip("triton is not installed")
     if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "1"

@@ -1,5 +1,6 @@
-"""The committed GPU sweep table regenerates from the committed result folders (scripts/sweep_table.py),
-which moved from where the sweep wrote them: answers are found beside their profile reports."""
+"""The committed GPU sweep table regenerates from the committed result folders
+(scripts/sweep_table.py), which moved from where the sweep wrote them: answers are found beside
+their profile reports."""
 import sys
 from pathlib import Path
 
