@@ -51,7 +51,8 @@ def _rms_norm_kernel(x_ptr, delta_ptr, sum_ptr, w_ptr, out_ptr, n, x_row, delta_
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None) -> tuple:
-    """x, delta: [..., n] with unit stride in the last dim. Returns (x + delta or x, normed)."""
+    """x, delta: [..., n] (copied where a row's elements are not adjacent). Returns
+    (x + delta, or x itself without delta; normed)."""
     n = x.shape[-1]
     rows = x.numel() // n
     xs = unit_stride(x.reshape(rows, n))
