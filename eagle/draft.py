@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelArgs, TreeConfig
-from .llama import MLP, Attention, KVCache, RMSNorm, Rotary, causal_mask
+from .llama import MLP, Attention, Frame, KVCache, RMSNorm, Rotary, Start, causal_mask
 from .tree.masks import Section, no_section
 from .tree.select import Candidates, DraftTree
 
@@ -29,10 +29,9 @@ class DraftLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, emb: Tensor, h: Tensor, cos, sin, kv: KVCache, start, bias: Tensor) -> Tensor:
+    def forward(self, emb: Tensor, h: Tensor, frame: Frame, kv: KVCache) -> Tensor:
         x = torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)  # [1, S, 2H]
-        h, normed = self.post_attention_layernorm.after_add(h, self.self_attn(x, cos, sin, kv, 0,
-                                                                               start, bias))
+        h, normed = self.post_attention_layernorm.after_add(h, self.self_attn(x, frame, kv, 0))
         return h + self.mlp(normed)
 
 
@@ -57,15 +56,15 @@ class Eagle3Draft(nn.Module):
         """The embedding the head reads its tokens with: its own, else the base's."""
         return self.embed_tokens if self.embed_tokens is not None else base_embed
 
-    def forward(self, emb: Tensor, h: Tensor, positions: Tensor, kv: KVCache, start: int,
+    def forward(self, emb: Tensor, h: Tensor, positions: Tensor, kv: KVCache, start: Start,
                 mask: Tensor) -> Tensor:
         """emb: [1, S, H] token embeddings; h: [1, S, 3 x target H] base features or [1, S, H]
         draft state (H: the head's hidden size)."""
         if h.shape[-1] != self.args.hidden_size:
             h = self.fc(h)
-        cos, sin = self.rotary(positions, emb.dtype)
-        bias = self.midlayer.self_attn.bias(mask, emb.dtype)  # [rep*S, W]
-        return self.midlayer(emb, h, cos, sin, kv, start, bias)
+        frame = self.midlayer.self_attn.frame(self.rotary, positions, start, mask, emb.dtype,
+                                              kv.max_len)
+        return self.midlayer(emb, h, frame, kv)
 
     def log_probs(self, h: Tensor) -> Tensor:
         # h: [..., H] -> [..., draft_vocab]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 _enabled = True
+_sdpa_only = False
 
 
 @lru_cache(maxsize=None)
@@ -48,6 +49,22 @@ def unfused() -> Iterator[None]:
         yield
     finally:
         _enabled = before
+
+
+def attention_active(device: torch.device) -> bool:
+    """Whether attention on `device` runs the fused Triton kernel now (not pinned to SDPA)."""
+    return active(device) and not _sdpa_only
+
+
+@contextmanager
+def sdpa_only() -> Iterator[None]:
+    """Run attention through scaled_dot_product_attention inside this block (a pinned backend)."""
+    global _sdpa_only
+    before, _sdpa_only = _sdpa_only, True
+    try:
+        yield
+    finally:
+        _sdpa_only = before
 
 
 def rope_fits(head_dim: int) -> bool:

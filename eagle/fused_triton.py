@@ -67,18 +67,21 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None)
 
 
 @triton.jit
-def _rope_into_cache_kernel(q_ptr, k_ptr, v_ptr, q_row, k_row, v_row, cos_ptr, sin_ptr, q_out,
-                            k_cache, v_cache, start_ptr, start, s_len, max_len,
+def _rope_into_cache_kernel(q_ptr, k_ptr, v_ptr, q_row, k_row, v_row, pos_ptr, cos_ptr, sin_ptr,
+                            table_len, q_out, k_cache, v_cache, start_ptr, start, s_len, max_len,
                             H: tl.constexpr, HALF: tl.constexpr, START_ON_DEVICE: tl.constexpr):
     """Program (i, j): token i; j < H rotates query head j into q_out[j, i]; j >= H rotates key
-    head j - H into its cache slot start + i and copies the value head beside it."""
+    head j - H into its cache slot start + i and copies the value head beside it. The angles are
+    the rows of the cos/sin tables at the token's position."""
     i = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     d = tl.arange(0, HALF)
-    c1 = tl.load(cos_ptr + i * 2 * HALF + d)
-    c2 = tl.load(cos_ptr + i * 2 * HALF + HALF + d)
-    s1 = tl.load(sin_ptr + i * 2 * HALF + d)
-    s2 = tl.load(sin_ptr + i * 2 * HALF + HALF + d)
+    pos = tl.load(pos_ptr + i)
+    row = tl.where((pos >= 0) & (pos < table_len), pos, 0) * 2 * HALF  # never read past a table
+    c1 = tl.load(cos_ptr + row + d)
+    c2 = tl.load(cos_ptr + row + HALF + d)
+    s1 = tl.load(sin_ptr + row + d)
+    s2 = tl.load(sin_ptr + row + HALF + d)
     if j < H:
         src = q_ptr + i * q_row + j * 2 * HALF
         dst = q_out + (j * s_len + i) * 2 * HALF
@@ -101,23 +104,24 @@ def _rope_into_cache_kernel(q_ptr, k_ptr, v_ptr, q_row, k_row, v_row, cos_ptr, s
     tl.store(dst + HALF + d, hi.to(dt))
 
 
-def rope_into_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
-                    v_cache: Tensor, start) -> Tensor:
+def rope_into_cache(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, cos: Tensor, sin: Tensor,
+                    k_cache: Tensor, v_cache: Tensor, start) -> Tensor:
     """q: [S, H*D], k, v: [S, Hkv*D] (rows may be strided views of one fused projection; D/2 a
-    power of two, see `eagle.fused.rope_fits`);
-    cos, sin: [S, D]; k_cache, v_cache: [Hkv, max_len, D] contiguous; start: the first slot (an
-    int or a 0-d device tensor). Writes the rotated keys and the values to slots start..start+S
-    and returns the rotated queries as [H, S, D]."""
-    s, d = cos.shape
+    power of two, see `eagle.fused.rope_fits`); positions: [S] int64 rope positions; cos, sin:
+    [L, D] tables indexed by position (`Rotary.table`; a position outside them reads row 0);
+    k_cache, v_cache: [Hkv, max_len, D] contiguous; start: the first slot (an int or a 0-d device
+    tensor). Writes the rotated keys and the values to slots start..start+S and returns the
+    rotated queries as [H, S, D]."""
+    s, d = positions.shape[0], cos.shape[1]
     h, n_kv, max_len = q.shape[1] // d, k_cache.shape[0], k_cache.shape[1]
     q, k, v = unit_stride(q), unit_stride(k), unit_stride(v)
-    cos, sin = cos.contiguous(), sin.contiguous()
     q_out = torch.empty(h, s, d, dtype=q.dtype, device=q.device)
     on_device = isinstance(start, Tensor)
     _rope_into_cache_kernel[(s, h + n_kv)](
-        q, k, v, q.stride(0), k.stride(0), v.stride(0), cos, sin, q_out, k_cache, v_cache,
-        start if on_device else q_out, 0 if on_device else start, s, max_len, H=h, HALF=d // 2,
-        START_ON_DEVICE=on_device, num_warps=1, enable_fp_fusion=False)
+        q, k, v, q.stride(0), k.stride(0), v.stride(0), positions.contiguous(), cos.contiguous(),
+        sin.contiguous(), cos.shape[0], q_out, k_cache, v_cache, start if on_device else q_out,
+        0 if on_device else start, s, max_len, H=h, HALF=d // 2, START_ON_DEVICE=on_device,
+        num_warps=1, enable_fp_fusion=False)
     return q_out
 
 
@@ -142,4 +146,124 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     block = 1024
     _silu_mul_kernel[(s, triton.cdiv(n, block))](gate, up, out, n, gate.stride(0), up.stride(0),
                                                  BLOCK=block, num_warps=4, enable_fp_fusion=False)
+    return out
+
+
+ATTENTION_KEYS = 64  # keys per tile of `attention`
+ATTENTION_PROGRAMS = 128  # about one program per SM of an H100; the window is split to reach it
+
+
+@triton.jit
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr, sum_ptr,
+                      n_rows, s_len, rep, chunk, width, kv_head, mask_row, out_row, scale,
+                      D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+                      SPLIT: tl.constexpr, IEEE: tl.constexpr):
+    """Program (g, b, c): query rows b*BLOCK_R.. of KV head g over window slots c*chunk.. .
+    Folded row r of group g is query head g*rep + r // S of token r % S. Without SPLIT the
+    program covers the whole window and writes the output; with it, the partial output, its row
+    maxima and exponential sums go to `_combine_kernel`."""
+    g = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    live = rows < n_rows
+    token = rows % s_len
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + (g * n_rows + rows).to(tl.int64)[:, None] * D + d[None, :],
+                mask=live[:, None], other=0.0)
+    keys = k_ptr + g.to(tl.int64) * kv_head
+    values = v_ptr + g.to(tl.int64) * kv_head
+    best = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, D], tl.float32)
+    lo = tl.program_id(2) * chunk
+    for t in range(0, chunk // BLOCK_W):
+        cols = lo + t * BLOCK_W + tl.arange(0, BLOCK_W)
+        inside = cols < width
+        k = tl.load(keys + cols[:, None] * D + d[None, :], mask=inside[:, None], other=0.0)
+        if IEEE:
+            scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            scores = tl.dot(q, tl.trans(k))
+        seen = tl.load(mask_ptr + token[:, None] * mask_row + cols[None, :],
+                       mask=live[:, None] & inside[None, :], other=0)
+        scores = tl.where(seen != 0, scores * scale, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        ref = tl.where(new_best == float("-inf"), 0.0, new_best)  # a row that saw nothing yet
+        p = tl.exp(scores - ref[:, None])
+        keep = tl.exp(best - ref)
+        total = total * keep + tl.sum(p, axis=1)
+        v = tl.load(values + cols[:, None] * D + d[None, :], mask=inside[:, None], other=0.0)
+        if IEEE:
+            acc = acc * keep[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * keep[:, None] + tl.dot(p.to(v.dtype), v)
+        best = new_best
+    if SPLIT:
+        at = (tl.program_id(2) * tl.num_programs(0) + g) * n_rows + rows
+        tl.store(part_ptr + at.to(tl.int64)[:, None] * D + d[None, :], acc, mask=live[:, None])
+        tl.store(max_ptr + at, best, mask=live)
+        tl.store(sum_ptr + at, total, mask=live)
+    else:
+        out = acc / tl.where(total > 0, total, 1.0)[:, None]
+        head = g * rep + rows // s_len
+        dst = out_ptr + token.to(tl.int64)[:, None] * out_row + (head * D)[:, None] + d[None, :]
+        tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=live[:, None])
+
+
+@triton.jit
+def _combine_kernel(part_ptr, max_ptr, sum_ptr, out_ptr, n_rows, s_len, rep, splits, out_row,
+                    D: tl.constexpr):
+    """Program (g, r): folded row r of KV head g, its partial results merged in split order."""
+    g = tl.program_id(0)
+    r = tl.program_id(1)
+    stride = tl.num_programs(0) * n_rows
+    at = g * n_rows + r
+    d = tl.arange(0, D)
+    best = tl.load(max_ptr + at)
+    for c in range(1, splits):
+        best = tl.maximum(best, tl.load(max_ptr + c * stride + at))
+    ref = tl.where(best == float("-inf"), 0.0, best)
+    acc = tl.zeros([D], tl.float32)
+    total = tl.full([], 0.0, tl.float32)
+    for c in range(0, splits):
+        w = tl.exp(tl.load(max_ptr + c * stride + at) - ref)
+        acc += w * tl.load(part_ptr + (c * stride + at).to(tl.int64) * D + d)
+        total += w * tl.load(sum_ptr + c * stride + at)
+    out = acc / tl.where(total > 0, total, 1.0)
+    head = g * rep + r // s_len
+    tl.store(out_ptr + (r % s_len).to(tl.int64) * out_row + head * D + d,
+             out.to(out_ptr.dtype.element_ty))
+
+
+def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
+    """Grouped-query attention of the new tokens over a window of the cache, softmax scale
+    1/sqrt(D), float32 statistics and accumulation.
+
+    q: [H, S, D] (D a power of two; `rope_into_cache`'s layout); k_cache, v_cache: [Hkv, max_len,
+    D] contiguous; mask: [S, W] bool over slots 0..W-1 (True = may attend). Returns [S, H*D], the
+    heads side by side as the output projection reads them; a row that may attend to nothing gets
+    zeros. The window is cut into a fixed number of chunks (by shape alone), whose partial results
+    merge in a fixed order, so equal inputs give equal outputs bit for bit."""
+    h, s, d = q.shape
+    n_kv, width = k_cache.shape[0], mask.shape[1]
+    rows = h // n_kv * s  # query rows per KV head
+    block_r = min(64, max(16, triton.next_power_of_2(rows)))
+    row_blocks = triton.cdiv(rows, block_r)
+    tiles = triton.cdiv(width, ATTENTION_KEYS)
+    splits = min(tiles, max(1, ATTENTION_PROGRAMS // (n_kv * row_blocks)))
+    chunk = triton.cdiv(tiles, splits) * ATTENTION_KEYS
+    splits = triton.cdiv(width, chunk)
+    mask = unit_stride(mask)
+    out = torch.empty(s, h * d, dtype=q.dtype, device=q.device)
+    if splits > 1:
+        part = torch.empty(splits, n_kv, rows, d, dtype=torch.float32, device=q.device)
+        best, total = torch.empty(2, splits, n_kv, rows, dtype=torch.float32, device=q.device)
+    else:
+        part = best = total = out
+    _attention_kernel[(n_kv, row_blocks, splits)](
+        q.contiguous(), k_cache, v_cache, mask, out, part, best, total, rows, s, h // n_kv, chunk,
+        width, k_cache.stride(0), mask.stride(0), out.stride(0), d ** -0.5, D=d, BLOCK_R=block_r,
+        BLOCK_W=ATTENTION_KEYS, SPLIT=splits > 1, IEEE=q.dtype == torch.float32, num_warps=4)
+    if splits > 1:
+        _combine_kernel[(n_kv, rows)](part, best, total, out, rows, s, h // n_kv, splits,
+                                      out.stride(0), D=d, num_warps=1)
     return out

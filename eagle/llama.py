@@ -10,7 +10,7 @@ projection weights); elsewhere they run the PyTorch operations written out below
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -50,6 +50,15 @@ class Rotary(nn.Module):
         super().__init__()
         self.rope, self.head_dim = rope, head_dim
         self._inv_freq: dict[torch.device, Tensor] = {}
+        self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def table(self, length: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos, sin [length, head_dim] of positions 0..length-1, made once per device and dtype
+        (again when a longer one is asked for): row p is what `forward` gives position p."""
+        have = self._tables.get((device, dtype))
+        if have is None or have[0].shape[0] < length:
+            have = self._tables[(device, dtype)] = self(torch.arange(length, device=device), dtype)
+        return have
 
     def inv_freq(self, device: torch.device) -> Tensor:
         if device not in self._inv_freq:
@@ -114,6 +123,15 @@ class MLP(nn.Module):
         return self.down_proj(act.view(*x.shape[:-1], -1))
 
 
+class Frame(NamedTuple):
+    """What every attention of one forward shares, built once per forward (`Attention.frame`)."""
+    start: Start  # the new tokens' first cache slot
+    positions: Tensor  # [S] their rope positions
+    mask: Tensor  # [S, W] bool over the window, cache slots 0..W-1 (True = may attend)
+    rope: tuple[Tensor, Tensor]  # cos, sin: [S, D] per token, or [L, D] tables (fused rotary)
+    bias: Optional[Tensor]  # [rep*S, W] SDPA's additive bias; None: the fused kernel reads `mask`
+
+
 class Attention(nn.Module):
     """Grouped-query attention over a fixed window of the KV cache; `in_features` is 2H in the
     EAGLE-3 draft layer.
@@ -121,7 +139,8 @@ class Attention(nn.Module):
     The window is the mask's width: keys and values are the cache's first `width` slots, a view
     (no copy). Grouped-query attention folds each group's query heads into query rows of its K/V
     head ([1, Hkv, rep*S, D]), so no K/V head is ever repeated and every SDPA backend, the
-    deterministic memory-efficient one included, can run it."""
+    deterministic memory-efficient one included, can run it. On the fused path one Triton kernel
+    (`fused_triton.attention`) reads the queries, the window and the boolean mask as they are."""
 
     def __init__(self, args: ModelArgs, in_features: int):
         super().__init__()
@@ -137,6 +156,20 @@ class Attention(nn.Module):
         if not fused.stacked(self.qkv, (self.q_proj, self.k_proj, self.v_proj)):
             self.qkv = fused.stack_weights((self.q_proj, self.k_proj, self.v_proj))
 
+    def fused_rope(self, device: torch.device) -> bool:
+        return fused.active(device) and fused.rope_fits(self.head_dim)
+
+    def fused_attention(self, device: torch.device) -> bool:
+        return self.fused_rope(device) and fused.attention_active(device)
+
+    def frame(self, rotary: Rotary, positions: Tensor, start: Start, mask: Tensor,
+              dtype: torch.dtype, slots: int) -> Frame:
+        """The shared inputs of a forward's attentions over a cache of `slots` slots."""
+        dev = mask.device
+        rope = rotary.table(slots, dtype, dev) if self.fused_rope(dev) else rotary(positions, dtype)
+        bias = None if self.fused_attention(dev) else self.bias(mask, dtype)
+        return Frame(start, positions, mask, rope, bias)
+
     def bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """mask: [S, W] bool (True = may attend) -> [rep*S, W] additive bias for the folded query
         rows (0 or -inf, what SDPA makes of a boolean mask), built once per forward."""
@@ -145,26 +178,27 @@ class Attention(nn.Module):
         bias = torch.zeros(rows.shape, dtype=dtype, device=mask.device)
         return bias.masked_fill_(~rows, -math.inf)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int, start: Start,
-                bias: Tensor) -> Tensor:
-        # x: [1, S, in]; bias: [rep*S, W] from `bias()` over cache slots 0..W-1;
-        # start: first slot of the new tokens (an int, or a 0-d device tensor)
-        s, rep, d = x.shape[1], self.n_heads // self.n_kv, self.head_dim
-        if fused.active(x.device) and fused.rope_fits(d):
-            q = self.rotate_into_cache(x[0], cos, sin, kv, layer, start)  # [H, S, D]
-            keys, values = kv.window(layer, start, s, bias.shape[-1])
+    def forward(self, x: Tensor, frame: Frame, kv: "KVCache", layer: int) -> Tensor:
+        # x: [1, S, in]; the new tokens' K/V go to cache slots frame.start..
+        s, rep, d, width = x.shape[1], self.n_heads // self.n_kv, self.head_dim, frame.mask.shape[1]
+        if self.fused_rope(x.device):
+            keys, values = kv.window(layer, frame.start, s, width)  # checks the slots first
+            q = self.rotate_into_cache(x[0], frame, kv, layer)  # [H, S, D]
+            if frame.bias is None:
+                out = fused.ops().attention(q, kv.data[layer, 0], kv.data[layer, 1], frame.mask)
+                return self.o_proj(out[None])
         else:
+            cos, sin = frame.rope
             q = self.q_proj(x).view(1, s, self.n_heads, d).transpose(1, 2)  # [1, H, S, D]
             k = self.k_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)  # [1, Hkv, S, D]
             v = self.v_proj(x).view(1, s, self.n_kv, d).transpose(1, 2)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            keys, values = kv.write(layer, start, k, v, bias.shape[-1])  # [1, Hkv, W, D] views
+            keys, values = kv.write(layer, frame.start, k, v, width)  # [1, Hkv, W, D] views
         q = q.reshape(1, self.n_kv, rep * s, d)  # head h = g*rep + r -> group g, row r*S + i
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [1, Hkv, rep*S, D]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=frame.bias)
         return self.o_proj(out.reshape(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
 
-    def rotate_into_cache(self, x: Tensor, cos: Tensor, sin: Tensor, kv: "KVCache", layer: int,
-                          start: Start) -> Tensor:
+    def rotate_into_cache(self, x: Tensor, frame: Frame, kv: "KVCache", layer: int) -> Tensor:
         """The fused path's projections and rotary: x [S, in] -> queries [H, S, D]; the keys
         and values go straight to their cache slots."""
         linears = (self.q_proj, self.k_proj, self.v_proj)
@@ -172,8 +206,8 @@ class Attention(nn.Module):
             q, k, v = F.linear(x, self.qkv).split([lin.out_features for lin in linears], dim=-1)
         else:
             q, k, v = (lin(x) for lin in linears)
-        return fused.ops().rope_into_cache(q, k, v, cos, sin, kv.data[layer, 0], kv.data[layer, 1],
-                                           start)
+        return fused.ops().rope_into_cache(q, k, v, frame.positions, *frame.rope, kv.data[layer, 0],
+                                           kv.data[layer, 1], frame.start)
 
 
 class KVCache(nn.Module):
@@ -228,8 +262,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv, layer, start, bias):
-        attn = self.self_attn(self.input_layernorm(x), cos, sin, kv, layer, start, bias)
+    def forward(self, x: Tensor, frame: Frame, kv: "KVCache", layer: int) -> Tensor:
+        attn = self.self_attn(self.input_layernorm(x), frame, kv, layer)
         x, h = self.post_attention_layernorm.after_add(x, attn)
         return x + self.mlp(h)
 
@@ -312,14 +346,14 @@ class LlamaForCausalLM(nn.Module):
         """input_ids: [1, S] written to cache slots start..start+S; positions: [S] rope positions;
         mask: [S, W] over the cache's first W slots (the attention window)."""
         x = self.model.embed_tokens(input_ids)  # [1, S, H]
-        cos, sin = self.rotary(positions, x.dtype)
-        bias = self.model.layers[0].self_attn.bias(mask, x.dtype)  # [rep*S, W], all layers
+        frame = self.model.layers[0].self_attn.frame(self.rotary, positions, start, mask, x.dtype,
+                                                     self.kv.max_len)  # shared by all layers
         aux_at = self.aux_layers
         saved = {}
         for i, layer in enumerate(self.model.layers):
             if i in aux_at:
                 saved[i] = x
-            x = layer(x, cos, sin, self.kv, i, start, bias)
+            x = layer(x, frame, self.kv, i)
         x = self.model.norm(x[:, -1:] if last_only else x)
         return BaseOutput(self.lm_head(x), torch.cat([saved[i] for i in aux_at], dim=-1))
 
@@ -330,11 +364,14 @@ ATTENTION_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn
 
 
 def resolve_attention(name: str, device: torch.device) -> Optional[str]:
-    """The backend that runs: a pinned name as given; "auto" is `efficient` on CUDA (its
-    memory-efficient kernel reproduces bit for bit run to run; the cuDNN kernel that torch would
-    pick for these masks does not) and torch's own choice (None) elsewhere."""
+    """The kernel that runs: a pinned SDPA backend as given; "auto" is the fused path's Triton
+    kernel on CUDA with triton (`fused_triton.attention`), else SDPA's `efficient` on CUDA (both
+    reproduce their output bit for bit run to run; the cuDNN kernel that torch would pick for
+    these masks does not) and torch's own choice (None) elsewhere."""
     if name == "auto":
-        return "efficient" if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        return "triton" if fused.active(device) else "efficient"
     if name not in ATTENTION_BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; choose auto or one of "
                           f"{', '.join(ATTENTION_BACKENDS)}")
@@ -342,10 +379,17 @@ def resolve_attention(name: str, device: torch.device) -> Optional[str]:
 
 
 def attention_backend(name: str, device: torch.device) -> AbstractContextManager:
-    """A context that pins scaled_dot_product_attention to `resolve_attention(name, device)`."""
+    """A context that runs attention on `resolve_attention(name, device)`: a pinned name sends
+    every attention through SDPA with that backend; the Triton kernel keeps SDPA, for head sizes
+    it does not take, on `efficient`."""
     resolved = resolve_attention(name, device)
     if resolved is None:
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel(getattr(SDPBackend, ATTENTION_BACKENDS[resolved]))
+    if resolved == "triton":
+        return sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION)
+    pinned = ExitStack()
+    pinned.enter_context(sdpa_kernel(getattr(SDPBackend, ATTENTION_BACKENDS[resolved])))
+    pinned.enter_context(fused.sdpa_only())
+    return pinned

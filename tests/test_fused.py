@@ -74,15 +74,51 @@ def cos_sin(s: int, d: int, dtype) -> tuple:
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def sdpa_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """PyTorch's attention in float64 for `fused_triton.attention`'s arguments: [S, H*D]."""
+    h, s, d = q.shape
+    n_kv, width = k_cache.shape[0], mask.shape[1]
+    rep = h // n_kv
+    keys, values = (t[:, :width].double().repeat_interleave(rep, 0) for t in (k_cache, v_cache))
+    out = F.scaled_dot_product_attention(q.double(), keys, values, attn_mask=mask.expand(h, s, -1))
+    return out.transpose(0, 1).reshape(s, h * d)
+
+
+def check_attention(ops, device: str, dtype) -> None:
+    """The fused attention against SDPA: one query or many, windows cut into chunks or not, a
+    row of a chunk that sees nothing, and whole chunks nobody sees."""
+    torch.manual_seed(2)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    h, n_kv, d, slots = 8, 2, 32, 1100
+    k_cache, v_cache = (torch.randn(n_kv, slots, d, device=device).to(dtype) for _ in range(2))
+    for s, width, seen in ((1, 1024, 300), (7, 256, 130), (61, 512, 200), (40, 1100, 1000)):
+        q = torch.randn(h, s, d, device=device).to(dtype)
+        cols = torch.arange(width, device=device)
+        tree = torch.rand(s, width, device=device) < 0.5
+        mask = (cols < seen)[None, :] | (tree & (cols < seen + s)[None, :])
+        mask[:, 0] = True
+        got = ops.attention(q, k_cache, v_cache, mask)
+        assert got.shape == (s, h * d) and got.dtype == dtype
+        torch.testing.assert_close(got.double(), sdpa_reference(q, k_cache, v_cache, mask),
+                                   atol=tol, rtol=tol)
+        assert torch.equal(got, ops.attention(q, k_cache, v_cache, mask))  # reproduces itself
+    blind = torch.zeros(1, 256, dtype=torch.bool, device=device)
+    assert not ops.attention(q[:, :1], k_cache, v_cache, blind).any()  # sees nothing: zeros
+
+
 def check_kernels(ops, device: str, dtype) -> None:
     """Each kernel against the PyTorch operations it replaces, on `device`."""
     torch.manual_seed(1)
     s, h, n_kv, d, slots = 5, 6, 2, 16, 24
     q, k, v = (t.to(device) for t in qkv_rows(s, h, n_kv, d, dtype))
-    cos, sin = (t.to(device) for t in cos_sin(s, d, dtype))
+    table = [t.to(device) for t in cos_sin(40, d, dtype)]
+    positions = torch.tensor([7, 0, 39, 12, 12], device=device)
+    cos, sin = (t[positions] for t in table)
     for start in (3, torch.tensor(11, device=device)):
         got, want = (KVCache(1, n_kv, d, slots, dtype, torch.device(device)) for _ in range(2))
-        q_rot = ops.rope_into_cache(q, k, v, cos, sin, got.data[0, 0], got.data[0, 1], start)
+        q_rot = ops.rope_into_cache(q, k, v, positions, *table, got.data[0, 0], got.data[0, 1],
+                                    start)
         heads = lambda t, n: t.reshape(1, s, n, d).transpose(1, 2)  # noqa: E731
         want.write(0, start, apply_rotary(heads(k, n_kv), cos, sin), heads(v, n_kv), slots)
         assert torch.equal(q_rot, apply_rotary(heads(q, h), cos, sin)[0])  # bit for bit
@@ -100,6 +136,7 @@ def check_kernels(ops, device: str, dtype) -> None:
 
     gate, up = torch.randn(3, 2 * 1500, device=device).to(dtype).split(1500, dim=-1)
     torch.testing.assert_close(ops.silu_mul(gate, up), F.silu(gate) * up, atol=tol, rtol=tol)
+    check_attention(ops, device, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
