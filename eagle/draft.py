@@ -14,10 +14,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import fused
 from .config import ModelArgs, TreeConfig
 from .llama import MLP, Attention, Frame, KVCache, RMSNorm, Rotary, Start, causal_mask
 from .tree.masks import Section, no_section
-from .tree.select import Candidates, DraftTree
+from .tree.select import Candidates, DraftTree, TopK, top_of
 
 
 class DraftLayer(nn.Module):
@@ -69,6 +70,14 @@ class Eagle3Draft(nn.Module):
     def log_probs(self, h: Tensor) -> Tensor:
         # h: [..., H] -> [..., draft_vocab]
         return torch.log_softmax(self.lm_head(self.norm(h)).float(), dim=-1)
+
+    def top_log_probs(self, h: Tensor, k: int) -> TopK:
+        """The k most likely draft tokens after each row of h [..., H], best first: float32
+        log-probs and draft ids, [..., k] each (two launches on the fused path, which never
+        writes out the whole distribution)."""
+        if fused.active(h.device):
+            return TopK(*fused.ops().top_log_probs(self.lm_head(self.norm(h)), k))
+        return top_of(self.log_probs(h), k)
 
     def to_target(self, draft_ids: Tensor) -> Tensor:
         """Draft-vocabulary ids to target ids (target = draft + d2t[draft])."""
@@ -122,7 +131,7 @@ class Drafter:
         ctx, last = self.n_ctx, count - 1
         with section("draft_select"):
             h_root = h[0].index_select(0, last[None])  # [1, H]
-            cands = Candidates(head.log_probs(h_root[0]), k)
+            cands = Candidates(head.top_log_probs(h_root[0], k), k)
             frontier_h = h_root[None].expand(1, k, h.shape[-1])  # [1, k, H]
             eye = torch.eye(k, dtype=torch.bool, device=dev)
             level_mask = eye  # [k, k*(level+1)]: each frontier node sees its ancestors and itself
@@ -136,7 +145,7 @@ class Drafter:
                 out = head(self.embed(head.to_target(cands.frontier_ids))[None], frontier_h,
                            (ctx + i).expand(k), self.kv, ctx + i * k, mask)
             with section("draft_select"):
-                rows = cands.expand(head.log_probs(out[0]))  # [k] parent row of each new node
+                rows = cands.expand(head.top_log_probs(out[0], k))  # [k] parent row of each new node
                 frontier_h = out[:, rows]  # [1, k, H]
                 level_mask = torch.cat((level_mask[rows], eye), dim=1)
         with section("draft_select"):

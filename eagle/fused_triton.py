@@ -267,3 +267,78 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tens
         _combine_kernel[(n_kv, rows)](part, best, total, out, rows, s, h // n_kv, splits,
                                       out.stride(0), D=d, num_warps=1)
     return out
+
+
+@triton.jit
+def _top_block_kernel(x_ptr, x_row, val_ptr, idx_ptr, max_ptr, sum_ptr, n, K: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """Program (r, b): block b of row r; its K largest values (best first, the lower index first
+    among equals), its maximum and its sum of exp(x - maximum)."""
+    r = tl.program_id(0)
+    b = tl.program_id(1)
+    blocks = tl.num_programs(1)
+    offs = b * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + r.to(tl.int64) * x_row + offs, mask=offs < n,
+                other=float("-inf")).to(tl.float32)
+    top = tl.max(x, axis=0)
+    ref = tl.where(top == float("-inf"), 0.0, top)
+    tl.store(max_ptr + r * blocks + b, top)
+    tl.store(sum_ptr + r * blocks + b, tl.sum(tl.exp(x - ref), axis=0))
+    out = (r * blocks + b) * K
+    for j in tl.static_range(K):
+        best = tl.max(x, axis=0)
+        at = tl.min(tl.where(x == best, offs, blocks * BLOCK), axis=0)
+        tl.store(val_ptr + out + j, best)
+        tl.store(idx_ptr + out + j, at)
+        x = tl.where(offs == at, float("-inf"), x)
+
+
+@triton.jit
+def _top_merge_kernel(val_ptr, idx_ptr, max_ptr, sum_ptr, out_val, out_idx, blocks,
+                      K: tl.constexpr, NB: tl.constexpr, C: tl.constexpr):
+    """Program r: the K best of row r's block candidates, as log-probabilities."""
+    r = tl.program_id(0)
+    b = tl.arange(0, NB)
+    top = tl.load(max_ptr + r * blocks + b, mask=b < blocks, other=float("-inf"))
+    part = tl.load(sum_ptr + r * blocks + b, mask=b < blocks, other=0.0)
+    peak = tl.max(top, axis=0)
+    log_sum = tl.log(tl.sum(part * tl.exp(top - peak), axis=0))
+    c = tl.arange(0, C)
+    have = c < blocks * K
+    vals = tl.load(val_ptr + r * blocks * K + c, mask=have, other=float("-inf"))
+    ids = tl.load(idx_ptr + r * blocks * K + c, mask=have, other=0)
+    for j in tl.static_range(K):
+        best = tl.max(vals, axis=0)
+        pos = tl.min(tl.where(vals == best, c, C), axis=0)  # blocks in order: the lower index
+        tl.store(out_val + r * K + j, (best - peak) - log_sum)
+        tl.store(out_idx + r * K + j, tl.sum(tl.where(c == pos, ids, 0), axis=0))
+        vals = tl.where(c == pos, float("-inf"), vals)
+
+
+TOP_BLOCK = 2048  # vocabulary entries per program of `top_log_probs`
+
+
+def top_log_probs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest entries of log_softmax(logits) along the last axis, best first (the lower
+    index first among equal values): (float32 log-probabilities, int64 indices), each [..., k].
+
+    Two launches, whatever the vocabulary: each block of TOP_BLOCK entries keeps its k best with
+    its maximum and exponential sum, then one program per row merges them (what
+    `torch.log_softmax(logits.float(), -1).topk(k)` computes in ~25 launches)."""
+    n = logits.shape[-1]
+    rows = logits.numel() // n
+    x = unit_stride(logits.reshape(rows, n))
+    blocks = triton.cdiv(n, TOP_BLOCK)
+    dev = logits.device
+    cand_val = torch.empty(rows, blocks, k, dtype=torch.float32, device=dev)
+    cand_idx = torch.empty(rows, blocks, k, dtype=torch.int64, device=dev)
+    top, part = torch.empty(2, rows, blocks, dtype=torch.float32, device=dev)
+    _top_block_kernel[(rows, blocks)](x, x.stride(0), cand_val, cand_idx, top, part, n, K=k,
+                                      BLOCK=TOP_BLOCK, num_warps=4)
+    values = torch.empty(rows, k, dtype=torch.float32, device=dev)
+    ids = torch.empty(rows, k, dtype=torch.int64, device=dev)
+    _top_merge_kernel[(rows,)](cand_val, cand_idx, top, part, values, ids, blocks, K=k,
+                               NB=triton.next_power_of_2(blocks),
+                               C=triton.next_power_of_2(blocks * k), num_warps=4)
+    shape = (*logits.shape[:-1], k)
+    return values.view(shape), ids.view(shape)

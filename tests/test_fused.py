@@ -107,6 +107,24 @@ def check_attention(ops, device: str, dtype) -> None:
     assert not ops.attention(q[:, :1], k_cache, v_cache, blind).any()  # sees nothing: zeros
 
 
+def check_top_log_probs(ops, device: str, dtype) -> None:
+    """The fused top-k of log-softmax against PyTorch's, over vocabularies cut into several
+    blocks or one, with the lower id first among equal values."""
+    torch.manual_seed(3)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
+    for shape, k in (((10, 5000), 10), ((300,), 4)):
+        logits = (torch.randn(*shape, device=device) * 4).to(dtype)
+        values, ids = ops.top_log_probs(logits, k)
+        want = torch.log_softmax(logits.float(), dim=-1)
+        assert values.dtype == torch.float32 and ids.shape == (*shape[:-1], k)
+        torch.testing.assert_close(values, want.gather(-1, ids), atol=tol, rtol=tol)
+        assert torch.equal(want.gather(-1, ids), want.topk(k).values)  # the k best ids
+        assert (values[..., :-1] >= values[..., 1:]).all()
+    tied = torch.zeros(1, 4100, device=device).to(dtype)
+    tied[0, [4099, 7, 2050]] = 1.0
+    assert ops.top_log_probs(tied, 4)[1].tolist() == [[7, 2050, 4099, 0]]
+
+
 def check_kernels(ops, device: str, dtype) -> None:
     """Each kernel against the PyTorch operations it replaces, on `device`."""
     torch.manual_seed(1)
@@ -137,6 +155,7 @@ def check_kernels(ops, device: str, dtype) -> None:
     gate, up = torch.randn(3, 2 * 1500, device=device).to(dtype).split(1500, dim=-1)
     torch.testing.assert_close(ops.silu_mul(gate, up), F.silu(gate) * up, atol=tol, rtol=tol)
     check_attention(ops, device, dtype)
+    check_top_log_probs(ops, device, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

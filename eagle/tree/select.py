@@ -33,36 +33,48 @@ def select_tree(root: Tensor, scores: Tensor, tokens: Tensor, group_parent: Tens
     return DraftTree(torch.cat((root, tokens[picked])), parents)
 
 
+class TopK(NamedTuple):
+    values: Tensor  # [..., k] log-probabilities, best first
+    indices: Tensor  # [..., k] their draft-vocabulary ids
+
+
+def top_of(log_probs: Tensor, k: int) -> TopK:
+    """The k best entries of log-probs [..., V] along the last axis."""
+    top = torch.topk(log_probs, k)
+    return TopK(top.values, top.indices)
+
+
 class Candidates:
     """Scored candidates, grown level by level the way upstream drafting does.
 
-    The root's top_k children come first; each `expand` takes the log-probs of the current top_k
-    frontier nodes, scores their top_k children each by cumulative log-prob, keeps all of them as
-    candidates and makes the best top_k the next frontier. Ids stay in the draft vocabulary until
-    `select` maps them.
+    The root's top_k children come first; each `expand` takes the top_k children (log-probs and
+    ids) of each of the current top_k frontier nodes, scores them by cumulative log-prob, keeps
+    all of them as candidates and makes the best top_k the next frontier. Ids stay in the draft
+    vocabulary until `select` maps them.
     """
 
-    def __init__(self, root_log_probs: Tensor, top_k: int):
-        top = torch.topk(root_log_probs, top_k)  # root_log_probs: [V]
-        dev = root_log_probs.device
+    def __init__(self, root_top: TopK, top_k: int):
+        values, ids = root_top  # [k] each
+        dev = values.device
         self.k, self.level = top_k, 0
-        self.scores, self.frontier = top.values, torch.arange(top_k, device=dev)  # [k], [k]
-        self.frontier_ids = top.indices  # [k] draft ids of the frontier nodes
-        self.all_scores, self.all_ids = [top.values], [top.indices]
+        self.scores, self.frontier = values, torch.arange(top_k, device=dev)  # [k], [k]
+        self.frontier_ids = ids  # [k] draft ids of the frontier nodes
+        self.all_scores, self.all_ids = [values], [ids]
         self.group_parent = [torch.zeros(1, dtype=torch.long, device=dev)]
 
-    def expand(self, log_probs: Tensor) -> Tensor:
-        """log_probs: [k, V], one row per frontier node in frontier order. Returns [k]: the row
-        (old frontier position) each new frontier node descends from."""
+    def expand(self, top: TopK) -> Tensor:
+        """top: the k best children of each frontier node ([k, k] each), one row per node in
+        frontier order. Returns [k]: the row (old frontier position) each new frontier node
+        descends from."""
         k = self.k
         # candidate index (+1) of each old frontier node: its k children form one group
         offset = 1 + (k if self.level > 0 else 0) + k * k * max(0, self.level - 1)
         self.group_parent.append(self.frontier + offset)
-        top = torch.topk(log_probs, k)  # [k, k]
-        cum = top.values + self.scores[:, None]  # [k, k]
+        values, children = top
+        cum = values + self.scores[:, None]  # [k, k]
         best = torch.topk(cum.view(-1), k)
         self.frontier, self.scores = best.indices, best.values
-        ids = top.indices.view(-1)  # [k*k]
+        ids = children.reshape(-1)  # [k*k]
         self.frontier_ids = ids[self.frontier]
         self.all_scores.append(cum.view(-1))
         self.all_ids.append(ids)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..config import TreeConfig
-from .select import Candidates, DraftTree
+from .select import Candidates, DraftTree, top_of
 
 ChildLogProbs = Callable[[int], Tensor]  # level -> [top_k, V] log-probs of each frontier node
 
@@ -22,9 +22,9 @@ def expand_tree(root_log_probs: Tensor, children: ChildLogProbs, tree: TreeConfi
     """root_log_probs: [V] draft log-probs after the root; `children(i)` for i in 0..depth-1 gives
     the next level's log-probs, one row per frontier node in frontier order. Tokens are the
     vocabulary ids (no draft-to-target mapping); `root_token` [1] defaults to 0."""
-    cands = Candidates(root_log_probs, tree.top_k)
+    cands = Candidates(top_of(root_log_probs, tree.top_k), tree.top_k)
     for i in range(tree.depth):
-        cands.expand(children(i))
+        cands.expand(top_of(children(i), tree.top_k))
     dev = root_log_probs.device
     root = torch.zeros(1, dtype=torch.long, device=dev) if root_token is None else root_token
     return cands.select(root, tree)
