@@ -91,11 +91,13 @@ class RMSNorm(nn.Module):
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
-    def after_add(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        """(x + delta, this norm of it), in one launch where the kernels are fused."""
+    def after_add(self, x: Tensor, delta: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """(x + delta, this norm of it), in one launch where the kernels are fused; without
+        delta, (x, this norm of x)."""
         if fused.active(x.device):
             return fused.ops().rms_norm(x, self.weight, self.eps, delta)
-        x = x + delta
+        if delta is not None:
+            x = x + delta
         return x, self(x)
 
 
@@ -262,10 +264,12 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x: Tensor, frame: Frame, kv: "KVCache", layer: int) -> Tensor:
-        attn = self.self_attn(self.input_layernorm(x), frame, kv, layer)
-        x, h = self.post_attention_layernorm.after_add(x, attn)
-        return x + self.mlp(h)
+    def forward(self, x: Tensor, normed: Tensor, frame: Frame, kv: "KVCache",
+                layer: int) -> tuple[Tensor, Tensor]:
+        """x: the layer's input, normed: input_layernorm(x). Returns the output as a pair whose
+        sum it is (x after attention, MLP output): the next norm adds them in its own launch."""
+        x, h = self.post_attention_layernorm.after_add(x, self.self_attn(normed, frame, kv, layer))
+        return x, self.mlp(h)
 
 
 class LlamaBody(nn.Module):
@@ -349,13 +353,16 @@ class LlamaForCausalLM(nn.Module):
         frame = self.model.layers[0].self_attn.frame(self.rotary, positions, start, mask, x.dtype,
                                                      self.kv.max_len)  # shared by all layers
         aux_at = self.aux_layers
-        saved = {}
+        saved, delta = {}, None  # each layer's output is x + delta
         for i, layer in enumerate(self.model.layers):
+            x, normed = layer.input_layernorm.after_add(x, delta)
             if i in aux_at:
                 saved[i] = x
-            x = layer(x, frame, self.kv, i)
-        x = self.model.norm(x[:, -1:] if last_only else x)
-        return BaseOutput(self.lm_head(x), torch.cat([saved[i] for i in aux_at], dim=-1))
+            x, delta = layer(x, normed, frame, self.kv, i)
+        if last_only:
+            x, delta = x[:, -1:], delta[:, -1:]
+        normed = self.model.norm.after_add(x, delta)[1]
+        return BaseOutput(self.lm_head(normed), torch.cat([saved[i] for i in aux_at], dim=-1))
 
 
 # --attention-backend names -> torch's SDPBackend members
