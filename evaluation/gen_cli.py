@@ -79,7 +79,7 @@ class GenConfig:
     device: str = "auto"
     max_length: int = 4096  # static KV cache: prompt + new tokens + tree must fit
     warmup: int = 1  # untimed passes over the first pending question
-    attention_backend: str = "auto"  # auto: deterministic kernels (efficient on CUDA)
+    attention_backend: str = "auto"  # auto: deterministic kernels (triton or efficient on CUDA)
     cuda_graph: Optional[str] = None  # on | off; None: on with CUDA, off elsewhere
 
     def __post_init__(self) -> None:
@@ -254,9 +254,10 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, default=4096, metavar="N",
                    help="KV cache length: prompt + new tokens + tree must fit (default: 4096)")
     g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
-                   help="scaled_dot_product_attention backend for every forward (default: auto = "
-                        "efficient on CUDA, whose kernel reproduces bit for bit, torch's choice on "
-                        "the CPU); recorded in the settings with the kernel that ran")
+                   help="attention kernel for every forward (default: auto = the engine's Triton "
+                        "kernel on CUDA with triton, else SDPA's efficient backend, both reproducing "
+                        "bit for bit; torch's choice on the CPU); a named SDPA backend is pinned "
+                        "for every attention; recorded in the settings with the kernel that ran")
     g.add_argument("--cuda-graph", choices=("on", "off"), default=None,
                    help="replay each greedy decoding step as CUDA graphs, captured once per model "
                         "and tree configuration before the first prompt (default: on with CUDA, "
