@@ -50,15 +50,17 @@ class Rotary(nn.Module):
         super().__init__()
         self.rope, self.head_dim = rope, head_dim
         self._inv_freq: dict[torch.device, Tensor] = {}
-        self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._tables: list[tuple[Tensor, Tensor]] = []  # every table made (see `table`)
 
     def table(self, length: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        """cos, sin [length, head_dim] of positions 0..length-1, made once per device and dtype
-        (again when a longer one is asked for): row p is what `forward` gives position p."""
-        have = self._tables.get((device, dtype))
-        if have is None or have[0].shape[0] < length:
-            have = self._tables[(device, dtype)] = self(torch.arange(length, device=device), dtype)
-        return have
+        """cos, sin [>= length, head_dim] of positions 0.., row p being what `forward` gives
+        position p. A table is made once per device, dtype and longer length, and never freed:
+        CUDA graphs captured over a shorter one may still read it."""
+        for cos, sin in reversed(self._tables):
+            if cos.device == device and cos.dtype == dtype and cos.shape[0] >= length:
+                return cos, sin
+        self._tables.append(self(torch.arange(length, device=device), dtype))
+        return self._tables[-1]
 
     def inv_freq(self, device: torch.device) -> Tensor:
         if device not in self._inv_freq:

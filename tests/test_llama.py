@@ -94,3 +94,20 @@ def test_preset_base_weights_do_not_depend_on_the_head(pair):
     assert head is None
     ours, theirs = base.state_dict(), alone.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_rotary_tables_hold_forward_rows_and_stay_allocated():
+    """The fused rotary's tables give what `Rotary.forward` gives per position, and a longer
+    table leaves the shorter one in place (captured graphs may read it)."""
+    from eagle.config import RopeConfig
+    from eagle.llama import Rotary
+
+    rotary = Rotary(RopeConfig(theta=500000.0, scaling=None), 16)
+    short = rotary.table(8, torch.float16, torch.device("cpu"))
+    positions = torch.tensor([0, 5, 7])
+    want = rotary(positions, torch.float16)
+    assert all(torch.equal(t[positions], w) for t, w in zip(short, want))
+    assert rotary.table(4, torch.float16, torch.device("cpu"))[0] is short[0]
+    longer = rotary.table(32, torch.float16, torch.device("cpu"))
+    assert longer[0].shape == (32, 16) and longer[0] is not short[0]
+    assert torch.equal(longer[0][:8], short[0]) and rotary._tables[0][0] is short[0]
