@@ -113,6 +113,16 @@ class Drafter:
             self.n_ctx = torch.zeros((), dtype=torch.long, device=w.device)
         self.n_ctx.zero_()
 
+    def prefill(self, features: Tensor, tokens: Tensor) -> None:
+        """Start a sequence at a prompt's positions: their draft K/V (features [1, m, 3H] base aux
+        states, tokens [m] the tokens that follow them) at slots 0..m-1, in one forward; the next
+        `step` drafts from the position after them."""
+        m = tokens.shape[0]
+        if m > 0:
+            self.head(self.embed(tokens)[None], features, torch.arange(m, device=tokens.device),
+                      self.kv, 0, causal_mask(0, m, tokens.device))
+        self.n_ctx.fill_(m)
+
     def step(self, features: Tensor, tokens: Tensor, section: Section = no_section,
              count: Optional[Tensor] = None, window: Optional[int] = None) -> DraftTree:
         """features: [1, m, 3H] base aux states at the newly accepted positions; tokens: [m] the

@@ -22,7 +22,7 @@ from .llama import (LlamaForCausalLM, attention_backend, causal_mask, resolve_at
                     stack_projections)
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
-from .tree.masks import get_mask_impl, no_section, require_available
+from .tree.masks import get_mask_impl, require_available
 from .verify import Sampler
 
 log = logging.getLogger(__name__)
@@ -204,11 +204,12 @@ class EaModel(nn.Module):
                  profile: bool = False) -> GenerationResult:
         """EAGLE-3 decoding of one prompt ([1, n] ids); returns ids and per-call statistics.
 
-        With graphs on, greedy steps after the first replay captured graphs. `profile` then
-        replays the step per segment (draft, tree buffers, verify forward, posterior, KV update:
-        one graph each, the host part of `rebuild`/`incremental` eager between them) timed with
-        CUDA events; the draft segment holds draft forwards and selection together, and the
-        first step after the prefill runs eagerly, left out of the profile."""
+        The draft head takes the prompt's positions before the last in one eager forward
+        (`Drafter.prefill`); every step then starts from one accepted position or more, so with
+        graphs on every greedy step replays captured graphs. `profile` then replays the step per
+        segment (draft, tree buffers, verify forward, posterior, KV update: one graph each, the
+        host part of `rebuild`/`incremental` eager between them) timed with CUDA events; the
+        draft segment holds draft forwards and selection together."""
         if self.drafter is None:
             raise ConfigError("this model has no draft head (loaded for the baseline); use "
                               "naive_generate, or load an EAGLE-3 head to decode with draft trees")
@@ -222,18 +223,16 @@ class EaModel(nn.Module):
             budget.extend([root])
             n = ids.shape[0]
             follow = torch.cat((ids[1:], torch.tensor([root], device=ids.device)))
-            first = (out.aux_hidden, follow, torch.tensor(n, device=ids.device))
+            self.drafter.prefill(out.aux_hidden[:, :n - 1], follow[:n - 1])
+            step.start(out.aux_hidden[:, n - 1:], follow[n - 1:])
             step.cache_len.fill_(n)
             cache_len, accepts = n, []
             while not budget.done:
                 window = window_for(cache_len + self.tree.step_slots, self.max_length)
-                timed = first is None or not self.graphs.enabled
-                section = prof.section if timed else no_section
-                with section("step_total"):
-                    step.run(self.graphs, window, section, fused, first, sampler)
-                if timed:
-                    prof.end_step()
-                tokens, first = step.result(), None
+                with prof.section("step_total"):
+                    step.run(self.graphs, window, prof.section, fused, sampler)
+                prof.end_step()
+                tokens = step.result()
                 cache_len += len(tokens)
                 accepts.append(len(tokens) - 1)
                 budget.extend(tokens)

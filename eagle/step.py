@@ -167,13 +167,18 @@ class EagleStep:
         self.positions = torch.zeros(t + 1, dtype=torch.long, device=dev)
         self.retrieve = torch.full((t, c), -1, dtype=torch.long, device=dev)
 
-    def draft(self, window: int, section: Section = no_section,
-              first: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
-        """Draft a tree from the step's inputs, or from `first` (features, tokens, count) after
-        the prefill, whose width is the prompt's."""
-        features, tokens, count = first if first is not None else (self.features, self.tokens,
-                                                                   self.count)
-        tree = self.drafter.step(features, tokens, section, count, window)
+    def start(self, features: Tensor, token: Tensor) -> None:
+        """The first step's inputs after a prefill (`Drafter.prefill` took the positions before):
+        the prompt's last position (features [1, 1, 3H]) and the root token [1] after it."""
+        for buf in (self.features, self.tokens):
+            buf.zero_()
+        self.features[:, :1].copy_(features)
+        self.tokens[:1].copy_(token)
+        self.count.fill_(1)
+
+    def draft(self, window: int, section: Section = no_section) -> None:
+        """Draft a tree from the step's inputs."""
+        tree = self.drafter.step(self.features, self.tokens, section, self.count, window)
         self.tree_tokens.copy_(tree.tokens)
         self.parents.copy_(tree.parents)
 
@@ -226,10 +231,9 @@ class EagleStep:
                             torch.tensor(acc.tokens + pad, device=dev), torch.tensor(len(path), device=dev))
 
     def whole(self, window: int, section: Section = no_section,
-              first: Optional[tuple[Tensor, Tensor, Tensor]] = None,
               sampler: Optional[Sampler] = None) -> None:
         """Every segment in order, eagerly (or under capture, with the defaults)."""
-        self.draft(window, section, first)
+        self.draft(window, section)
         self.tree_buffers(section)
         self.verify(window, section, sampler)
 
@@ -254,12 +258,11 @@ class EagleStep:
         return out
 
     def run(self, graphs: StepGraphs, window: int, section: Section, fused: bool,
-            first: Optional[tuple[Tensor, Tensor, Tensor]] = None,
             sampler: Optional[Sampler] = None) -> None:
-        """One step: eager after the prefill (`first`), with sampling or with graphs disabled;
-        otherwise replayed, as one graph (`fused`) or per segment around the host tree build."""
-        if first is not None or sampler is not None or not graphs.enabled:
-            self.whole(window, section, first, sampler)
+        """One step: eager with sampling or with graphs disabled; otherwise replayed, as one
+        graph (`fused`) or per segment around the host tree build."""
+        if sampler is not None or not graphs.enabled:
+            self.whole(window, section, sampler)
         elif fused:
             graphs.run(("step", self.mask_impl, window), lambda: self.whole(window))
         else:

@@ -291,9 +291,8 @@ def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
         g.add_argument("--profile", action="store_true",
                        help="time each step's sections with CUDA events (perf_counter on the CPU); "
                             "with CUDA graphs every segment of a step (draft, tree buffers, verify "
-                            "forward, posterior, KV update) replays as its own graph and is timed, "
-                            "the first step after the prefill left out; writes "
-                            "ANSWER_FILE.profile.json")
+                            "forward, posterior, KV update) replays as its own graph and is timed; "
+                            "writes ANSWER_FILE.profile.json")
 
 
 def _tree_group(parser: argparse.ArgumentParser, method: str) -> None:

@@ -82,3 +82,22 @@ def test_cuda_graph_setting_is_checked_and_recorded(tiny_ckpt, tmp_path, caplog)
     assert gen_main("baseline", common + ["--answer-file", str(answers)]) == 0
     settings = json.loads(answers.read_text().splitlines()[0])["settings"]
     assert settings["cuda_graph"] == "off" and settings["attention_kernel"] == "torch default"
+
+
+def test_drafter_prefill_then_a_one_position_step_drafts_what_one_step_over_the_prompt_does():
+    """The prompt's positions before the last in `prefill`, then a step from the last one: the
+    same draft cache and tree as one step over every position (how the first step used to run)."""
+    tree = TreeConfig(30, 3, 4)
+    base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=5)
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(1, 7, 3 * base.args.hidden_size, generator=gen)
+    toks = torch.randint(0, base.args.vocab_size, (7,), generator=gen)
+    whole, split = (Drafter(head, base.model.embed_tokens, tree, 128) for _ in range(2))
+    with torch.inference_mode():
+        want = whole.step(feats, toks)
+        split.prefill(feats[:, :6], toks[:6])
+        assert int(split.n_ctx) == 6
+        got = split.step(feats[:, 6:], toks[6:])
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.parents, want.parents)
+    assert int(split.n_ctx) == int(whole.n_ctx) == 7
+    torch.testing.assert_close(split.kv.data[:, :, :, :7], whole.kv.data[:, :, :, :7])
