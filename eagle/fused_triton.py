@@ -3,7 +3,7 @@
 Imported lazily by `eagle.fused`, so importing `eagle` never needs triton. In a decoding step of
 the unfused forward each layer runs ~40 kernels, most of them a few microseconds of pointwise
 work on one or a few rows; once the step is a CUDA graph, running them one after another is
-much of what the step costs beyond reading the weights. Three kernels replace ~30 of them per
+much of what the step costs beyond reading the weights. These kernels replace ~30 of them per
 layer:
 
 - `rms_norm`: RMSNorm (float32 statistics, the normalised row rounded to the input dtype, then
@@ -11,13 +11,16 @@ layer:
 - `rope_into_cache`: rotary embedding of the new tokens' queries and keys, the keys and values
   written straight into their cache slots, the queries laid out head-major ([H, S, D]) as
   grouped-query SDPA reads them;
-- `silu_mul`: SiLU(gate) * up of the MLP.
+- `silu_mul`: SiLU(gate) * up of the MLP;
+- `attention`: grouped-query attention over the cache window with the boolean mask, in chunks
+  merged in a fixed order;
+- `top_log_probs`: the draft's k best log-probabilities per row, in two launches.
 
 Each kernel rounds where PyTorch's separate kernels round (every product, sum and activation is
 rounded to the tensor dtype before the next operation uses it), and none lets the compiler
 contract a multiply and an add (`enable_fp_fusion=False`). The rotary and residual arithmetic is
-therefore bit for bit PyTorch's; RMSNorm's row sum adds in another order, and SiLU's exponential
-may differ in the last bit of float32.
+therefore bit for bit PyTorch's; RMSNorm's row sum, the attention and the log-softmax add in
+other orders, and SiLU's exponential may differ in the last bit of float32.
 """
 from __future__ import annotations
 
@@ -183,7 +186,7 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
             scores = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             scores = tl.dot(q, tl.trans(k))
-        seen = tl.load(mask_ptr + token[:, None] * mask_row + cols[None, :],
+        seen = tl.load(mask_ptr + token.to(tl.int64)[:, None] * mask_row + cols[None, :],
                        mask=live[:, None] & inside[None, :], other=0)
         scores = tl.where(seen != 0, scores * scale, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
@@ -238,7 +241,8 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tens
     """Grouped-query attention of the new tokens over a window of the cache, softmax scale
     1/sqrt(D), float32 statistics and accumulation.
 
-    q: [H, S, D] (D a power of two; `rope_into_cache`'s layout); k_cache, v_cache: [Hkv, max_len,
+    q: [H, S, D] (D a power of two, at least 16 for the matrix products; `rope_into_cache`'s
+    layout); k_cache, v_cache: [Hkv, max_len,
     D] contiguous; mask: [S, W] bool over slots 0..W-1 (True = may attend). Returns [S, H*D], the
     heads side by side as the output projection reads them; a row that may attend to nothing gets
     zeros. The window is cut into a fixed number of chunks (by shape alone), whose partial results
@@ -285,12 +289,14 @@ def _top_block_kernel(x_ptr, x_row, val_ptr, idx_ptr, max_ptr, sum_ptr, n, K: tl
     tl.store(max_ptr + r * blocks + b, top)
     tl.store(sum_ptr + r * blocks + b, tl.sum(tl.exp(x - ref), axis=0))
     out = (r * blocks + b) * K
+    free = offs < n  # entries not picked yet (a picked -inf must not be picked again)
     for j in tl.static_range(K):
-        best = tl.max(x, axis=0)
-        at = tl.min(tl.where(x == best, offs, blocks * BLOCK), axis=0)
+        left = tl.where(free, x, float("-inf"))
+        best = tl.max(left, axis=0)
+        at = tl.min(tl.where(free & (left == best), offs, blocks * BLOCK), axis=0)
         tl.store(val_ptr + out + j, best)
         tl.store(idx_ptr + out + j, at)
-        x = tl.where(offs == at, float("-inf"), x)
+        free = free & (offs != at)
 
 
 @triton.jit
@@ -307,12 +313,14 @@ def _top_merge_kernel(val_ptr, idx_ptr, max_ptr, sum_ptr, out_val, out_idx, bloc
     have = c < blocks * K
     vals = tl.load(val_ptr + r * blocks * K + c, mask=have, other=float("-inf"))
     ids = tl.load(idx_ptr + r * blocks * K + c, mask=have, other=0)
+    free = have
     for j in tl.static_range(K):
-        best = tl.max(vals, axis=0)
-        pos = tl.min(tl.where(vals == best, c, C), axis=0)  # blocks in order: the lower index
+        left = tl.where(free, vals, float("-inf"))
+        best = tl.max(left, axis=0)
+        pos = tl.min(tl.where(free & (left == best), c, C), axis=0)  # blocks in order: lower id
         tl.store(out_val + r * K + j, (best - peak) - log_sum)
         tl.store(out_idx + r * K + j, tl.sum(tl.where(c == pos, ids, 0), axis=0))
-        vals = tl.where(c == pos, float("-inf"), vals)
+        free = free & (c != pos)
 
 
 TOP_BLOCK = 2048  # vocabulary entries per program of `top_log_probs`

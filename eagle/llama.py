@@ -164,7 +164,8 @@ class Attention(nn.Module):
         return fused.active(device) and fused.rope_fits(self.head_dim)
 
     def fused_attention(self, device: torch.device) -> bool:
-        return self.fused_rope(device) and fused.attention_active(device)
+        # the kernel's matrix products need a head of 16 or more
+        return self.fused_rope(device) and self.head_dim >= 16 and fused.attention_active(device)
 
     def frame(self, rotary: Rotary, positions: Tensor, start: Start, mask: Tensor,
               dtype: torch.dtype, slots: int) -> Frame:

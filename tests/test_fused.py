@@ -56,6 +56,23 @@ def test_rope_fits_power_of_two_halves():
     assert [d for d in (16, 64, 80, 96, 128, 256, 7) if fused.rope_fits(d)] == [16, 64, 128, 256]
 
 
+def test_attention_kernel_takes_heads_of_16_or_more(monkeypatch):
+    """The fused attention's matrix products need a head of at least 16; smaller heads keep
+    the fused rotary and use SDPA, as a pinned backend does for every head."""
+    from eagle.config import ModelArgs
+    from eagle.llama import Attention
+
+    monkeypatch.setattr(fused, "active", lambda device: True)
+    cuda = torch.device("cuda")
+    for head_dim, kernel in ((8, False), (16, True)):
+        args = ModelArgs(hidden_size=4 * head_dim, intermediate_size=8, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=32)
+        attn = Attention(args, args.hidden_size)
+        assert attn.fused_rope(cuda) and attn.fused_attention(cuda) == kernel
+        with fused.sdpa_only():
+            assert not attn.fused_attention(cuda)
+
+
 def test_cpu_models_take_the_torch_path():
     assert not fused.active(torch.device("cpu")) and fused.describe(torch.device("cpu")) == "torch"
     with fused.unfused():
@@ -123,6 +140,9 @@ def check_top_log_probs(ops, device: str, dtype) -> None:
     tied = torch.zeros(1, 4100, device=device).to(dtype)
     tied[0, [4099, 7, 2050]] = 1.0
     assert ops.top_log_probs(tied, 4)[1].tolist() == [[7, 2050, 4099, 0]]
+    few = torch.full((1, 4100), float("-inf"), device=device).to(dtype)  # 2 finite entries, k = 4
+    few[0, [2049, 5]] = 0.0
+    assert ops.top_log_probs(few, 4)[1].tolist() == [[5, 2049, 0, 1]]  # no id twice
 
 
 def check_kernels(ops, device: str, dtype) -> None:
