@@ -34,14 +34,29 @@ from peer_transformers import hf_llama, timed  # this folder: run as python scri
 log = logging.getLogger("bench_graphs")
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_setup_args(p: argparse.ArgumentParser, new: int) -> None:
+    """The random-weight setup of the GPU benchmarks: preset, dtype, prompt, new tokens, tree."""
     p.add_argument("--preset", default="llama3.1-8b", choices=sorted(PRESETS))
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--prompt", type=int, default=200, help="prompt tokens (default: 200)")
-    p.add_argument("--new", type=int, default=128, help="new tokens (default: 128)")
+    p.add_argument("--new", type=int, default=new, help=f"new tokens (default: {new})")
     p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k (default: 60,5,10)")
     p.add_argument("--max-length", type=int, default=4096)
+
+
+def random_setup(args: argparse.Namespace) -> tuple:
+    """(base, head, prompt [1, --prompt], tree) on the GPU: the preset's random weights (seed 0)
+    and a random prompt (seed 0)."""
+    dev = torch.device("cuda")
+    base, head = build_random(args.preset, getattr(torch, args.dtype), dev, seed=0)
+    prompt = torch.randint(3, base.args.vocab_size, (1, args.prompt),
+                           generator=torch.Generator().manual_seed(0)).to(dev)
+    return base, head, prompt, TreeConfig(*(int(x) for x in args.tree.split(",")))
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_setup_args(p, new=128)
     p.add_argument("--repeat", type=int, default=3, help="timed calls per figure (median)")
     p.add_argument("--modes", default="graphs,eager",
                    help="comma-separated: graphs, eager, unfused (graphs on, PyTorch's separate "
@@ -141,11 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not torch.cuda.is_available():
         log.error("needs a CUDA device")
         return 2
-    dtype, dev = getattr(torch, args.dtype), torch.device("cuda")
-    tree = TreeConfig(*(int(x) for x in args.tree.split(",")))
-    base, head = build_random(args.preset, dtype, dev, seed=0)
-    prompt = torch.randint(3, base.args.vocab_size, (1, args.prompt),
-                           generator=torch.Generator().manual_seed(0)).to(dev)
+    dev = torch.device("cuda")
+    base, head, prompt, tree = random_setup(args)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
               "kernels": fused.describe(dev),
               "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}

@@ -19,24 +19,18 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from bench_graphs import add_setup_args, random_setup  # this folder: run as a script
 from eagle import EaModel, fused
-from eagle.config import TreeConfig
-from eagle.presets import PRESETS, build_random
 from eagle.tree.masks import MASK_IMPLS
-from peer_transformers import timed  # this folder: run as python scripts/kernel_profile.py
+from peer_transformers import timed
 
 log = logging.getLogger("kernel_profile")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="llama3.1-8b", choices=sorted(PRESETS))
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.add_argument("--prompt", type=int, default=200, help="prompt tokens (default: 200)")
-    p.add_argument("--new", type=int, default=64, help="new tokens (default: 64)")
-    p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k (default: 60,5,10)")
+    add_setup_args(p, new=64)
     p.add_argument("--mask-impl", default="triton", choices=MASK_IMPLS)
-    p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--top", type=int, default=30, help="kernels per table (default: 30)")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     p.add_argument("--markdown", type=Path, metavar="MD", help="also write the tables here")
@@ -109,15 +103,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not torch.cuda.is_available():
         log.error("needs a CUDA device")
         return 2
-    dtype, dev = getattr(torch, args.dtype), torch.device("cuda")
-    base, head = build_random(args.preset, dtype, dev, seed=0)
-    prompt = torch.randint(3, base.args.vocab_size, (1, args.prompt),
-                           generator=torch.Generator().manual_seed(0)).to(dev)
-    model = EaModel(base, head, TreeConfig(*(int(x) for x in args.tree.split(","))),
-                    mask_impl=args.mask_impl, max_length=args.max_length, cuda_graph=True)
+    base, head, prompt, tree = random_setup(args)
+    model = EaModel(base, head, tree, mask_impl=args.mask_impl, max_length=args.max_length,
+                    cuda_graph=True)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "preset": args.preset, "dtype": args.dtype, "prompt": args.prompt, "new": args.new,
-              "tree": args.tree, "mask_impl": args.mask_impl, "kernels": fused.describe(dev)}
+              "tree": args.tree, "mask_impl": args.mask_impl, "kernels": fused.describe(prompt.device)}
     with torch.inference_mode():
         report["plain"] = profile_run(lambda n: model.naive_generate(prompt, max_new_tokens=n),
                                       args.new, lambda r: r.new_tokens - 1)
