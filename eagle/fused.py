@@ -15,13 +15,12 @@ from __future__ import annotations
 import importlib.util
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, Optional
+from typing import ContextManager, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-_enabled = True
-_sdpa_only = False
+_flags = {"enabled": True, "sdpa_only": False}  # switched for a block by `_switched`
 
 
 @lru_cache(maxsize=None)
@@ -32,7 +31,7 @@ def has_triton() -> bool:
 
 def active(device: torch.device) -> bool:
     """Whether forwards on `device` run the fused kernels now."""
-    return _enabled and device.type == "cuda" and has_triton()
+    return _flags["enabled"] and device.type == "cuda" and has_triton()
 
 
 def describe(device: torch.device) -> str:
@@ -41,30 +40,27 @@ def describe(device: torch.device) -> str:
 
 
 @contextmanager
-def unfused() -> Iterator[None]:
-    """Run PyTorch's separate kernels inside this block, on every device (for comparisons)."""
-    global _enabled
-    before, _enabled = _enabled, False
+def _switched(flag: str, value: bool) -> Iterator[None]:
+    before, _flags[flag] = _flags[flag], value
     try:
         yield
     finally:
-        _enabled = before
+        _flags[flag] = before
+
+
+def unfused() -> ContextManager[None]:
+    """Run PyTorch's separate kernels inside this block, on every device (for comparisons)."""
+    return _switched("enabled", False)
 
 
 def attention_active(device: torch.device) -> bool:
     """Whether attention on `device` runs the fused Triton kernel now (not pinned to SDPA)."""
-    return active(device) and not _sdpa_only
+    return active(device) and not _flags["sdpa_only"]
 
 
-@contextmanager
-def sdpa_only() -> Iterator[None]:
+def sdpa_only() -> ContextManager[None]:
     """Run attention through scaled_dot_product_attention inside this block (a pinned backend)."""
-    global _sdpa_only
-    before, _sdpa_only = _sdpa_only, True
-    try:
-        yield
-    finally:
-        _sdpa_only = before
+    return _switched("sdpa_only", True)
 
 
 def rope_fits(head_dim: int) -> bool:
