@@ -31,9 +31,22 @@ class DraftLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def forward(self, emb: Tensor, h: Tensor, frame: Frame, kv: KVCache) -> Tensor:
-        x = torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)  # [1, S, 2H]
+        x = self.attention_input(emb, h)
         h, normed = self.post_attention_layernorm.after_add(h, self.self_attn(x, frame, kv, 0))
         return h + self.mlp(normed)
+
+    def attention_input(self, emb: Tensor, h: Tensor) -> Tensor:
+        """cat(input_layernorm(emb), hidden_norm(h)): [1, S, 2H]. On the fused path each norm
+        writes its half of one buffer (no cat)."""
+        if not fused.active(emb.device):
+            return torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)
+        half = emb.shape[-1]
+        x = torch.empty(*emb.shape[:-1], 2 * half, device=emb.device,
+                        dtype=torch.result_type(self.input_layernorm.weight, emb))
+        for norm, rows, part in ((self.input_layernorm, emb, x[..., :half]),
+                                 (self.hidden_norm, h, x[..., half:])):
+            fused.ops().rms_norm(rows, norm.weight, norm.eps, out=part)
+        return x
 
 
 class Eagle3Draft(nn.Module):
@@ -100,6 +113,8 @@ class Drafter:
         self.kv_len = max_len + tree.max_depth + 1 + tree.depth * tree.top_k
         self.kv: Optional[KVCache] = None
         self.n_ctx: Optional[Tensor] = None  # 0-d int64 on the head's device
+        self.level_positions: Optional[Tensor] = None  # [depth, k]: i in row i
+        self.level_starts: Optional[Tensor] = None  # [depth]: i * k
         self.reset()
 
     def reset(self) -> None:
@@ -111,6 +126,10 @@ class Drafter:
             self.kv = KVCache(1, a.num_key_value_heads, a.head_dim, self.kv_len, w.dtype, w.device)
         if self.n_ctx is None or self.n_ctx.device != w.device:
             self.n_ctx = torch.zeros((), dtype=torch.long, device=w.device)
+            depth, k = self.tree.depth, self.tree.top_k
+            levels = torch.arange(depth, device=w.device)
+            self.level_positions = levels[:, None].repeat(1, k)
+            self.level_starts = levels * k
         self.n_ctx.zero_()
 
     def prefill(self, features: Tensor, tokens: Tensor) -> None:
@@ -143,20 +162,32 @@ class Drafter:
             h_root = h[0].index_select(0, last[None])  # [1, H]
             cands = Candidates(head.top_log_probs(h_root[0], k), k)
             frontier_h = h_root[None].expand(1, k, h.shape[-1])  # [1, k, H]
-            eye = torch.eye(k, dtype=torch.bool, device=dev)
-            level_mask = eye  # [k, k*(level+1)]: each frontier node sees its ancestors and itself
-            cols = torch.arange(window, device=dev)
+            # level i: rope position ctx + i, cache slots ctx + i*k..
+            positions, starts = ctx + self.level_positions, ctx + self.level_starts
+        ancestors, rows = None, None
         for i in range(self.tree.depth):
             with section("draft_forward"):
-                # slots < ctx: accepted tokens; ctx..ctx+k*(i+1): the levels so far
-                rel = (cols - ctx).clamp(0, k * (i + 1) - 1)
-                levels = level_mask.gather(1, rel[None, :].expand(k, -1)) & (cols < ctx + k * (i + 1))
-                mask = (cols < ctx)[None, :] | levels  # [k, window]
+                ancestors, mask = level_masks(ancestors, rows, ctx, k, window)
                 out = head(self.embed(head.to_target(cands.frontier_ids))[None], frontier_h,
-                           (ctx + i).expand(k), self.kv, ctx + i * k, mask)
+                           positions[i], self.kv, starts[i], mask)
             with section("draft_select"):
                 rows = cands.expand(head.top_log_probs(out[0], k))  # [k] parent row of each new node
                 frontier_h = out[:, rows]  # [1, k, H]
-                level_mask = torch.cat((level_mask[rows], eye), dim=1)
         with section("draft_select"):
             return cands.select(tokens.index_select(0, last[None]), self.tree, head.to_target)
+
+
+def level_masks(ancestors: Optional[Tensor], rows: Optional[Tensor], ctx: Tensor, k: int,
+                width: int) -> tuple[Tensor, Tensor]:
+    """A draft level's masks. ancestors: [k, k*i] bool, which nodes of the levels so far each
+    node of the previous level descends from or is (None at the first level); rows: [k] the
+    previous-level row each node of this level descends from; ctx: the accepted slots' count
+    (0-d). Returns this level's ancestors [k, k*(i+1)] and its attention mask [k, width]: the
+    accepted slots < ctx, and from slot ctx on the levels' nodes it descends from and itself."""
+    if fused.active(ctx.device):
+        return fused.ops().draft_level_mask(ancestors, rows, ctx, k, width)
+    eye = torch.eye(k, dtype=torch.bool, device=ctx.device)
+    ancestors = eye if ancestors is None else torch.cat((ancestors[rows], eye), dim=1)
+    span, cols = ancestors.shape[1], torch.arange(width, device=ctx.device)
+    levels = ancestors.gather(1, (cols - ctx).clamp(0, span - 1)[None, :].expand(k, -1))
+    return ancestors, (cols < ctx)[None, :] | (levels & (cols < ctx + span)[None, :])

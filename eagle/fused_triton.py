@@ -14,7 +14,8 @@ layer:
 - `silu_mul`: SiLU(gate) * up of the MLP;
 - `attention`: grouped-query attention over the cache window with the boolean mask, in chunks
   merged in a fixed order;
-- `top_log_probs`: the draft's k best log-probabilities per row, in two launches.
+- `top_log_probs`: the draft's k best log-probabilities per row, in two launches;
+- `draft_level_mask`: a draft level's ancestor rows and its attention mask over the window.
 
 Each kernel rounds where PyTorch's separate kernels round (every product, sum and activation is
 rounded to the tensor dtype before the next operation uses it), and none lets the compiler
@@ -36,7 +37,7 @@ def unit_stride(rows: Tensor) -> Tensor:
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, delta_ptr, sum_ptr, w_ptr, out_ptr, n, x_row, delta_row, eps,
+def _rms_norm_kernel(x_ptr, delta_ptr, sum_ptr, w_ptr, out_ptr, n, x_row, delta_row, out_row, eps,
                      HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
     """One program per row: [sum = x + delta;] out = w * (row / rms(row)) in the input dtype."""
     row = tl.program_id(0).to(tl.int64)
@@ -50,21 +51,26 @@ def _rms_norm_kernel(x_ptr, delta_ptr, sum_ptr, w_ptr, out_ptr, n, x_row, delta_
     inv = tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
     normed = (h * inv).to(x.dtype)
     w = tl.load(w_ptr + cols, mask=inside, other=0.0)
-    tl.store(out_ptr + row * n + cols, w.to(tl.float32) * normed.to(tl.float32), mask=inside)
+    tl.store(out_ptr + row * out_row + cols, w.to(tl.float32) * normed.to(tl.float32),
+             mask=inside)
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None) -> tuple:
+def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None,
+             out: Tensor | None = None) -> tuple:
     """x, delta: [..., n] (copied where a row's elements are not adjacent). Returns
-    (x + delta, or x itself without delta; normed)."""
+    (x + delta, or x itself without delta; normed). `out`: where the normed rows go (x's shape
+    and the result dtype; rows may be strided, e.g. one half of a wider buffer), else new."""
     n = x.shape[-1]
     rows = x.numel() // n
     xs = unit_stride(x.reshape(rows, n))
-    out = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
+    if out is None:
+        out = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
+    out_rows = out.view(rows, n)
     total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if delta is not None else x
     ds = unit_stride(delta.reshape(rows, n)) if delta is not None else xs
     block = triton.next_power_of_2(n)
-    _rms_norm_kernel[(rows,)](xs, ds, total, weight, out, n, xs.stride(0), ds.stride(0), eps,
-                              HAS_DELTA=delta is not None, BLOCK=block,
+    _rms_norm_kernel[(rows,)](xs, ds, total, weight, out_rows, n, xs.stride(0), ds.stride(0),
+                              out_rows.stride(0), eps, HAS_DELTA=delta is not None, BLOCK=block,
                               num_warps=8 if block >= 4096 else 4, enable_fp_fusion=False)
     return total, out
 
@@ -350,3 +356,48 @@ def top_log_probs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
                                C=triton.next_power_of_2(blocks * k), num_warps=4)
     shape = (*logits.shape[:-1], k)
     return values.view(shape), ids.view(shape)
+
+
+@triton.jit
+def _draft_mask_kernel(prev_ptr, rows_ptr, ctx_ptr, level_ptr, mask_ptr, prev_span, width,
+                       K: tl.constexpr, HAS_PREV: tl.constexpr, SPAN_BLOCK: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """Program (r, b): frontier node r of a level. Its ancestor row is its parent's row of the
+    previous level (parent = rows[r]) followed by the identity; program b = 0 stores it. Window
+    columns b*BLOCK..: the accepted slots before ctx, then the level nodes from ctx on."""
+    r = tl.program_id(0)
+    span = prev_span + K
+    parent = tl.load(rows_ptr + r) if HAS_PREV else 0
+    if tl.program_id(1) == 0:
+        j = tl.arange(0, SPAN_BLOCK)
+        seen = j == prev_span + r
+        if HAS_PREV:
+            seen = seen | (tl.load(prev_ptr + parent * prev_span + j, mask=j < prev_span,
+                                   other=0) != 0)
+        tl.store(level_ptr + r * span + j, seen, mask=j < span)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    rel = cols - tl.load(ctx_ptr)
+    seen = (rel < 0) | (rel == prev_span + r)
+    if HAS_PREV:
+        seen = seen | (tl.load(prev_ptr + parent * prev_span + rel,
+                               mask=(rel >= 0) & (rel < prev_span), other=0) != 0)
+    tl.store(mask_ptr + r * width + cols, seen, mask=cols < width)
+
+
+def draft_level_mask(prev: Tensor | None, rows: Tensor | None, ctx: Tensor, k: int,
+                     width: int) -> tuple[Tensor, Tensor]:
+    """One launch for a draft level's masks. prev: [k, span] bool, the previous level's
+    ancestor rows (None at the first level); rows: [k] int64, the previous-level row each node
+    descends from; ctx: 0-d int64, the accepted slots' count. Returns the level's ancestor rows
+    [k, span + k] (cat(prev[rows], eye(k)); eye(k) at the first level) and the mask [k, width]:
+    slots < ctx, and the level nodes at ctx.. that are the row's ancestors or itself."""
+    has_prev = prev is not None
+    span = prev.shape[1] if has_prev else 0
+    level = torch.empty(k, span + k, dtype=torch.bool, device=ctx.device)
+    mask = torch.empty(k, width, dtype=torch.bool, device=ctx.device)
+    block = min(1024, triton.next_power_of_2(width))
+    _draft_mask_kernel[(k, triton.cdiv(width, block))](
+        prev.contiguous() if has_prev else level, rows if has_prev else ctx, ctx, level, mask,
+        span, width, K=k, HAS_PREV=has_prev, SPAN_BLOCK=triton.next_power_of_2(span + k),
+        BLOCK=block, num_warps=4)
+    return level, mask

@@ -12,6 +12,7 @@ from torch import nn
 
 from eagle import EaModel, fused
 from eagle.config import TreeConfig
+from eagle.draft import level_masks
 from eagle.llama import KVCache, RMSNorm, apply_rotary, stack_projections
 from eagle.presets import build_random
 
@@ -145,6 +146,22 @@ def check_top_log_probs(ops, device: str, dtype) -> None:
     assert ops.top_log_probs(few, 4)[1].tolist() == [[5, 2049, 0, 1]]  # no id twice
 
 
+def check_draft_level_mask(ops, device: str) -> None:
+    """The fused level masks against the PyTorch ones, level after level of a drafted tree, with
+    windows of one block and of several."""
+    gen = torch.Generator().manual_seed(4)
+    k = 4
+    for width, ctx in ((64, 9), (2500, 1300)):
+        ctx = torch.tensor(ctx, device=device)
+        got = want = rows = None  # the ancestor rows of the level before
+        for _ in range(3):
+            with fused.unfused():
+                want, want_mask = level_masks(want, rows, ctx, k, width)
+            got, got_mask = ops.draft_level_mask(got, rows, ctx, k, width)
+            assert torch.equal(got, want) and torch.equal(got_mask, want_mask)
+            rows = torch.randint(0, k, (k,), generator=gen).to(device)
+
+
 def check_kernels(ops, device: str, dtype) -> None:
     """Each kernel against the PyTorch operations it replaces, on `device`."""
     torch.manual_seed(1)
@@ -171,11 +188,16 @@ def check_kernels(ops, device: str, dtype) -> None:
     torch.testing.assert_close(normed, norm(x + delta), atol=tol, rtol=tol)
     torch.testing.assert_close(ops.rms_norm(x[:, -1:], norm.weight, 1e-5)[1], norm(x[:, -1:]),
                                atol=tol, rtol=tol)
+    wide = torch.full((1, 4, 3 * 96), 7.0, device=device).to(dtype)  # normed rows into a middle third
+    ops.rms_norm(x, norm.weight, 1e-5, out=wide[..., 96:192])
+    assert torch.equal(wide[..., 96:192], ops.rms_norm(x, norm.weight, 1e-5)[1])
+    assert (wide[..., :96] == 7).all() and (wide[..., 192:] == 7).all()
 
     gate, up = torch.randn(3, 2 * 1500, device=device).to(dtype).split(1500, dim=-1)
     torch.testing.assert_close(ops.silu_mul(gate, up), F.silu(gate) * up, atol=tol, rtol=tol)
     check_attention(ops, device, dtype)
     check_top_log_probs(ops, device, dtype)
+    check_draft_level_mask(ops, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
