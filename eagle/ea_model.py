@@ -173,9 +173,10 @@ class EaModel(nn.Module):
 
     def _fingerprint(self, modules: list, tensors: list) -> tuple:
         """What captured graphs depend on: the addresses and shapes of the weights of `modules`
-        and of `tensors` (caches, step buffers), and the attention backend."""
+        and of `tensors` (caches, step buffers), the attention backend and the BLAS library."""
         every = [p for m in modules for p in m.parameters()] + tensors
         return (resolve_attention(self.attention, self.device), fused.describe(self.device),
+                fused.eagle_blas_name(self.device),
                 *((t.data_ptr(), tuple(t.shape)) for t in every))
 
     def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:
@@ -188,15 +189,15 @@ class EaModel(nn.Module):
         if step is None or step.features.dtype != w.dtype or step.features.device != w.device:
             step = self.eagle_step = EagleStep(self.base, self.drafter, self.tree, self.mask_impl)
         step.drafter, step.mask_impl = self.drafter, self.mask_impl  # either may be swapped
-        fused = self.graphs.enabled and greedy and not profile and \
+        one_graph = self.graphs.enabled and greedy and not profile and \
             get_mask_impl(self.mask_impl).sync_free
         if self.graphs.enabled and greedy:
             self.graphs.check(self._fingerprint(
                 [self.base, self.head], [self.base.kv.data, self.drafter.kv.data, self.drafter.n_ctx,
                                          step.features, step.retrieve]))
-            self.graphs.capture(step.segments(self.graphs, all_windows(self.max_length), fused),
-                                step.reset)
-        return step, fused
+            windows = all_windows(self.max_length)
+            self.graphs.capture(step.segments(self.graphs, windows, one_graph), step.reset)
+        return step, one_graph
 
     @torch.inference_mode()
     def generate(self, input_ids: Tensor, temperature: float = 0.0, top_p: float = 0.0,
@@ -215,8 +216,8 @@ class EaModel(nn.Module):
                               "naive_generate, or load an EAGLE-3 head to decode with draft trees")
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         prof = StepProfiler(enabled=profile, cuda=self.device.type == "cuda")
-        with attention_backend(self.attention, self.device):
-            step, fused = self._eagle_ready(sampler is None, profile)
+        with attention_backend(self.attention, self.device), fused.eagle_blas(self.device):
+            step, one_graph = self._eagle_ready(sampler is None, profile)
             ids, out = self._prefill(input_ids, max_new_tokens, self.tree.step_slots)
             budget = TokenBudget(max_new_tokens, self.stop_ids)
             root = self._next_token(out.logits[0, -1], sampler)
@@ -230,7 +231,7 @@ class EaModel(nn.Module):
             while not budget.done:
                 window = window_for(cache_len + self.tree.step_slots, self.max_length)
                 with prof.section("step_total"):
-                    step.run(self.graphs, window, prof.section, fused, sampler)
+                    step.run(self.graphs, window, prof.section, one_graph, sampler)
                 prof.end_step()
                 tokens = step.result()
                 cache_len += len(tokens)

@@ -80,6 +80,26 @@ def test_cpu_models_take_the_torch_path():
         assert fused.describe(torch.device("cuda")) == "torch"
 
 
+def test_eagle_blas_keeps_torch_default_off_the_fused_path(monkeypatch):
+    before = torch.backends.cuda.preferred_blas_library()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(fused, "active", lambda device: True)  # a CPU tensor never asks
+    assert fused.eagle_blas_name(cpu) is None and fused.eagle_blas_name(cuda) == "cublaslt"
+    with fused.eagle_blas(cpu):
+        assert torch.backends.cuda.preferred_blas_library() == before
+    monkeypatch.setattr(fused, "active", lambda device: False)
+    assert fused.eagle_blas_name(cuda) is None
+
+
+@pytest.mark.gpu
+@ON_GPU
+def test_eagle_blas_prefers_cublaslt_inside_and_restores_gpu():
+    before = torch.backends.cuda.preferred_blas_library()
+    with fused.eagle_blas(torch.device("cuda")):
+        assert torch.backends.cuda.preferred_blas_library() == torch._C._BlasBackend.Cublaslt
+    assert torch.backends.cuda.preferred_blas_library() == before
+
+
 def qkv_rows(s: int, h: int, n_kv: int, d: int, dtype) -> tuple:
     """Queries, keys and values as strided column blocks of one [S, (H + 2 Hkv) D] product."""
     qkv = torch.randn(s, (h + 2 * n_kv) * d, dtype=torch.float32).to(dtype)
