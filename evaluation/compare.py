@@ -22,7 +22,8 @@ from .paired import judgement, paired_speedup, resolvable_pct, unpaired_speedup
 log = logging.getLogger(__name__)
 
 ALLOWED_KEYS = frozenset({"method", "mask_impl"})  # what a comparison is about
-DRAFT_KEYS = frozenset({"draft_model", "total_token", "depth", "top_k"})  # unused by the baseline
+DRAFT_KEYS = frozenset({"draft_model", "total_token", "depth", "top_k",
+                        "eagle_blas"})  # unused by the baseline
 ENVIRONMENT_KEYS = frozenset({"device_name", "torch", "transformers", "eagle", "python",
                               "code"})  # warn only
 

@@ -178,6 +178,17 @@ def test_baseline_may_differ_in_draft_settings_but_eagle_runs_may_not(tmp_path, 
     assert "'total_token'" in caplog.text
 
 
+def test_eagle_runs_must_share_their_blas_library_the_baseline_has_none(tmp_path, caplog):
+    eagle = write(tmp_path / "eagle.jsonl", answers(settings=with_settings(eagle_blas="cublaslt")))
+    base = write(tmp_path / "base.jsonl", answers(settings=with_settings(
+        method="baseline", mask_impl=None, eagle_blas=None)))
+    assert run_speed("--baseline", base, "--opt", eagle) == 0
+    other = write(tmp_path / "other.jsonl", answers(settings=with_settings(
+        eagle_blas="torch default")))
+    assert run_speed("--baseline", other, "--opt", eagle) == 2
+    assert "'eagle_blas'" in caplog.text
+
+
 def test_environment_differences_are_warnings(tmp_path, caplog):
     a = write(tmp_path / "a.jsonl", answers())
     b = write(tmp_path / "b.jsonl", answers(settings=with_settings(device_name="other", torch="9")))
