@@ -1,0 +1,44 @@
+"""scripts/bench_blas.py: the per-library summary of alternated rounds, the preference it sets
+for a block, and its refusal without a GPU."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from eagle import fused
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def script(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports bench_graphs from its folder
+    spec = importlib.util.spec_from_file_location("bench_blas", SCRIPTS / "bench_blas.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_takes_each_librarys_median_and_checks_its_tokens(script):
+    rows = [{"eagle_blas": "torch default", "ms_per_step": 9.0, "tokens": [1, 2]},
+            {"eagle_blas": "cublaslt", "ms_per_step": 8.8, "tokens": [1, 3]},
+            {"eagle_blas": "torch default", "ms_per_step": 9.2, "tokens": [1, 2]},
+            {"eagle_blas": "cublaslt", "ms_per_step": 8.6, "tokens": [1, 4]}]
+    out = script.summary(rows)
+    assert out["torch default"]["ms_per_step"] == pytest.approx(9.1)
+    assert out["torch default"]["same_tokens"] and not out["cublaslt"]["same_tokens"]
+    assert out["cublaslt_over_default"] == pytest.approx(8.7 / 9.1)
+
+
+def test_preferring_sets_the_library_for_the_block_only(script):
+    before = fused.EAGLE_BLAS
+    with script.preferring(None):
+        assert fused.EAGLE_BLAS is None
+    assert fused.EAGLE_BLAS == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_without_a_gpu_it_refuses(script, tmp_path):
+    assert script.main(["--out", str(tmp_path / "b.json")]) == 2
+    assert not (tmp_path / "b.json").exists()
