@@ -173,10 +173,9 @@ class EaModel(nn.Module):
 
     def _fingerprint(self, modules: list, tensors: list) -> tuple:
         """What captured graphs depend on: the addresses and shapes of the weights of `modules`
-        and of `tensors` (caches, step buffers), the attention backend and the BLAS library."""
+        and of `tensors` (caches, step buffers), and the attention backend."""
         every = [p for m in modules for p in m.parameters()] + tensors
         return (resolve_attention(self.attention, self.device), fused.describe(self.device),
-                fused.eagle_blas_name(self.device),
                 *((t.data_ptr(), tuple(t.shape)) for t in every))
 
     def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:
@@ -192,9 +191,11 @@ class EaModel(nn.Module):
         one_graph = self.graphs.enabled and greedy and not profile and \
             get_mask_impl(self.mask_impl).sync_free
         if self.graphs.enabled and greedy:
-            self.graphs.check(self._fingerprint(
-                [self.base, self.head], [self.base.kv.data, self.drafter.kv.data, self.drafter.n_ctx,
-                                         step.features, step.retrieve]))
+            d = self.drafter
+            buffers = [self.base.kv.data, d.kv.data, d.n_ctx, d.level_positions, d.level_starts,
+                       step.features, step.retrieve]
+            blas = fused.eagle_blas_name(self.device)  # the library the steps' products ran on
+            self.graphs.check(self._fingerprint([self.base, self.head], buffers) + (blas,))
             windows = all_windows(self.max_length)
             self.graphs.capture(step.segments(self.graphs, windows, one_graph), step.reset)
         return step, one_graph

@@ -71,8 +71,10 @@ EAGLE_BLAS: Optional[str] = "cublaslt"  # torch's preferred BLAS library in EAGL
 
 
 def eagle_blas_name(device: torch.device) -> Optional[str]:
-    """The BLAS library EAGLE decoding on `device` prefers (None: torch's default)."""
-    return EAGLE_BLAS if device.type == "cuda" and active(device) else None
+    """The BLAS library EAGLE decoding on `device` prefers (None: torch's default). Only NVIDIA's
+    CUDA builds: ROCm builds also call their devices "cuda", and it was measured on an H100."""
+    on_nvidia = device.type == "cuda" and torch.version.hip is None
+    return EAGLE_BLAS if on_nvidia and active(device) else None
 
 
 @contextmanager

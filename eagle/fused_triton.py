@@ -65,6 +65,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None,
     xs = unit_stride(x.reshape(rows, n))
     if out is None:
         out = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
+    elif out.shape != x.shape or out.stride(-1) != 1:
+        raise ValueError(f"rms_norm: out must have x's shape {list(x.shape)} and adjacent elements "
+                         f"within a row, got {list(out.shape)} with strides {out.stride()}")
     out_rows = out.view(rows, n)
     total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if delta is not None else x
     ds = unit_stride(delta.reshape(rows, n)) if delta is not None else xs

@@ -79,17 +79,26 @@ def check_comparable(base: Run, opt: Run) -> list[str]:
     return _check_settings(base, opt)
 
 
+def as_recorded_now(settings: dict) -> dict:
+    """Settings as this version records them: EAGLE files written before `eagle_blas` existed
+    ran on torch's default BLAS library."""
+    if settings.get("method") == "eagle" and "eagle_blas" not in settings:
+        return {**settings, "eagle_blas": "torch default"}
+    return settings
+
+
 def _check_settings(base: Run, opt: Run) -> list[str]:
     ignore = ALLOWED_KEYS | ENVIRONMENT_KEYS
     if "baseline" in (base.settings.get("method"), opt.settings.get("method")):
         ignore |= DRAFT_KEYS
-    diff = settings_diff(base.settings, opt.settings, ignore)
+    a, b = as_recorded_now(base.settings), as_recorded_now(opt.settings)
+    diff = settings_diff(a, b, ignore)
     if diff:
         key = diff[0]
         raise AnswerFileError(
             opt.path, opt.rows[0][0],
             f"settings differ from {base.path}:{base.rows[0][0]} in {key!r} "
-            f"({base.settings.get(key)!r} vs {opt.settings.get(key)!r}); only method and mask_impl "
+            f"({a.get(key)!r} vs {b.get(key)!r}); only method and mask_impl "
             f"may differ between compared runs")
     return [f"runs differ in {k!r}: {base.settings.get(k)!r} vs {opt.settings.get(k)!r}"
             for k in settings_diff(base.settings, opt.settings) if k in ENVIRONMENT_KEYS]

@@ -4,8 +4,9 @@ EAGLE decoding on the fused path prefers cuBLASLt for its matrix products
 (`eagle.fused.EAGLE_BLAS`). This script times a step both ways on the random-weight preset: a
 fresh model (its own graph capture) per round and library, in the order default, cuBLASLt,
 default, cuBLASLt, ...; ms/step net of the prefill, median of --repeat calls (as bench_graphs.py
-measures). Each library's rounds must decode the same tokens; the two libraries may part at fp16
-near-ties (other kernels, other reduction orders).
+measures). Each library's rounds must decode the same tokens (the exit status is 1 where they do
+not); the two libraries may part at fp16 near-ties (other kernels, other reduction orders). Rows
+name the library the steps ran on: torch's default for both where the fused path is off.
 
     python scripts/bench_blas.py --out runs/blas.json [--eager]
 """
@@ -30,12 +31,19 @@ log = logging.getLogger("bench_blas")
 LIBRARIES = (None, "cublaslt")  # None: torch's default
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_setup_args(p, new=128)
     p.add_argument("--mask-impl", default="triton", choices=MASK_IMPLS)
-    p.add_argument("--rounds", type=int, default=2, help="rounds of both libraries (default: 2)")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls per figure (median)")
+    p.add_argument("--rounds", type=positive, default=2, help="rounds of both libraries (default: 2)")
+    p.add_argument("--repeat", type=positive, default=3, help="timed calls per figure (median)")
     p.add_argument("--eager", action="store_true", help="graphs off (default: on)")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     return p.parse_args(argv)
@@ -51,20 +59,17 @@ def preferring(library: Optional[str]) -> Iterator[None]:
         fused.EAGLE_BLAS = before
 
 
-def label(library: Optional[str]) -> str:
-    return library or "torch default"
-
-
 def summary(rows: list[dict]) -> dict:
-    """Per library: the median over rounds and whether every round decoded the same tokens; the
-    ratio cuBLASLt / default."""
+    """Per library asked for: the median over rounds and whether every round decoded the same
+    tokens; the ratio cuBLASLt / default."""
     out = {}
     for library in LIBRARIES:
-        mine = [row for row in rows if row["eagle_blas"] == label(library)]
-        out[label(library)] = {"ms_per_step": statistics.median(r["ms_per_step"] for r in mine),
-                               "rounds": [r["ms_per_step"] for r in mine],
-                               "same_tokens": all(r["tokens"] == mine[0]["tokens"] for r in mine)}
-    default, lt = (out[label(lib)]["ms_per_step"] for lib in LIBRARIES)
+        mine = [row for row in rows if row["asked"] == library]
+        out[library or "torch default"] = {
+            "ms_per_step": statistics.median(row["ms_per_step"] for row in mine),
+            "rounds": [row["ms_per_step"] for row in mine],
+            "same_tokens": all(row["tokens"] == mine[0]["tokens"] for row in mine)}
+    default, lt = (out[library or "torch default"]["ms_per_step"] for library in LIBRARIES)
     out["cublaslt_over_default"] = lt / default
     return out
 
@@ -90,10 +95,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for _ in range(args.rounds):
             for library in LIBRARIES:
                 with preferring(library):
+                    ran = fused.eagle_blas_name(prompt.device) or "torch default"
                     ms, res = time_step(base, head, prompt, tree, args)
-                rows.append({"eagle_blas": label(library), "ms_per_step": ms, "steps": res.steps,
-                             "tokens": res.new_token_ids})
-                log.info("%s: %.3f ms/step", label(library), ms)
+                rows.append({"asked": library, "eagle_blas": ran, "ms_per_step": ms,
+                             "steps": res.steps, "tokens": res.new_token_ids})
+                log.info("%s: %.3f ms/step", ran, ms)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "preset": args.preset, "dtype": args.dtype, "prompt": args.prompt, "new": args.new,
               "tree": args.tree, "mask_impl": args.mask_impl, "graphs": not args.eager,
@@ -101,7 +107,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"], indent=1))  # noqa: T201 - the script's result
-    return 0
+    reproduced = all(report["summary"][lib or "torch default"]["same_tokens"] for lib in LIBRARIES)
+    if not reproduced:
+        log.error("a library's rounds decoded different tokens: the step does not reproduce itself")
+    return 0 if reproduced else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ On the random-weight preset (default Llama-3.1-8B shapes, fp16), one random prom
 in ms/token, the EAGLE step in ms/step for every mask implementation, the per-segment step profile
 in graph mode, the capture cost (time, memory), token-level checks (graphs vs eager, a repeat in
 the same process), with `--modes ...,unfused` the same graphs over PyTorch's separate pointwise
-kernels instead of the fused ones (eagle.fused) and, with --hf, transformers' `generate` with a
+kernels instead of the fused ones (eagle.fused; EAGLE's products then run on torch's default BLAS
+library, as `eagle_blas` in each mode's report says) and, with --hf, transformers' `generate` with a
 static cache (compiled, CUDA graphs) on the same weights.
 
 ms/token = (wall(new tokens) - wall(1 token)) / (new - 1), the device synchronised around each
@@ -168,6 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with fused.unfused() if mode == "unfused" else nullcontext():
                 model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
                 report[mode] = bench_engine(model, prompt, args)
+                report[mode]["eagle_blas"] = fused.eagle_blas_name(dev) or "torch default"
             log.info("%s done", mode)
         again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
         repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}

@@ -21,10 +21,10 @@ def script(monkeypatch):
 
 
 def test_summary_takes_each_librarys_median_and_checks_its_tokens(script):
-    rows = [{"eagle_blas": "torch default", "ms_per_step": 9.0, "tokens": [1, 2]},
-            {"eagle_blas": "cublaslt", "ms_per_step": 8.8, "tokens": [1, 3]},
-            {"eagle_blas": "torch default", "ms_per_step": 9.2, "tokens": [1, 2]},
-            {"eagle_blas": "cublaslt", "ms_per_step": 8.6, "tokens": [1, 4]}]
+    rows = [{"asked": None, "ms_per_step": 9.0, "tokens": [1, 2]},
+            {"asked": "cublaslt", "ms_per_step": 8.8, "tokens": [1, 3]},
+            {"asked": None, "ms_per_step": 9.2, "tokens": [1, 2]},
+            {"asked": "cublaslt", "ms_per_step": 8.6, "tokens": [1, 4]}]
     out = script.summary(rows)
     assert out["torch default"]["ms_per_step"] == pytest.approx(9.1)
     assert out["torch default"]["same_tokens"] and not out["cublaslt"]["same_tokens"]
@@ -36,6 +36,12 @@ def test_preferring_sets_the_library_for_the_block_only(script):
     with script.preferring(None):
         assert fused.EAGLE_BLAS is None
     assert fused.EAGLE_BLAS == before
+
+
+def test_rounds_and_repeats_must_be_positive(script, tmp_path):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", str(tmp_path / "b.json"), "--rounds", "0"])
+    assert script.parse_args(["--out", str(tmp_path / "b.json")]).rounds == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")

@@ -87,6 +87,9 @@ def test_eagle_blas_keeps_torch_default_off_the_fused_path(monkeypatch):
     assert fused.eagle_blas_name(cpu) is None and fused.eagle_blas_name(cuda) == "cublaslt"
     with fused.eagle_blas(cpu):
         assert torch.backends.cuda.preferred_blas_library() == before
+    monkeypatch.setattr(torch.version, "hip", "6.4")  # a ROCm build: not what was measured
+    assert fused.eagle_blas_name(cuda) is None
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(fused, "active", lambda device: False)
     assert fused.eagle_blas_name(cuda) is None
 
@@ -170,9 +173,8 @@ def check_draft_level_mask(ops, device: str) -> None:
     """The fused level masks against the PyTorch ones, level after level of a drafted tree, with
     windows of one block and of several."""
     gen = torch.Generator().manual_seed(4)
-    k = 4
-    for width, ctx in ((64, 9), (2500, 1300)):
-        ctx = torch.tensor(ctx, device=device)
+    for k, width, ctx in ((4, 64, 9), (4, 2500, 1300), (10, 128, 0), (10, 128, 110), (3, 40, 40)):
+        ctx = torch.tensor(ctx, device=device)  # the last two: levels past the window's end
         got = want = rows = None  # the ancestor rows of the level before
         for _ in range(3):
             with fused.unfused():
@@ -212,6 +214,9 @@ def check_kernels(ops, device: str, dtype) -> None:
     ops.rms_norm(x, norm.weight, 1e-5, out=wide[..., 96:192])
     assert torch.equal(wide[..., 96:192], ops.rms_norm(x, norm.weight, 1e-5)[1])
     assert (wide[..., :96] == 7).all() and (wide[..., 192:] == 7).all()
+    for bad in (wide[..., :95], wide[..., ::3]):  # another shape; elements apart within a row
+        with pytest.raises(ValueError, match="out must"):
+            ops.rms_norm(x, norm.weight, 1e-5, out=bad)
 
     gate, up = torch.randn(3, 2 * 1500, device=device).to(dtype).split(1500, dim=-1)
     torch.testing.assert_close(ops.silu_mul(gate, up), F.silu(gate) * up, atol=tol, rtol=tol)

@@ -3,7 +3,7 @@ default (deterministic) kernels reproduce themselves, and a captured step never 
 import pytest
 import torch
 
-from eagle import EaModel
+from eagle import EaModel, fused
 from eagle.config import TreeConfig
 from eagle.presets import build_random
 from eagle.step import window_for
@@ -73,7 +73,7 @@ def test_captured_and_eager_triton_steps_never_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), fused.eagle_blas(model.device):  # as generate runs them
             model.eagle_step.run(model.graphs, window, no_section, fused=True)
             eager.eagle_step.run(eager.graphs, window, no_section, fused=False)
     finally:

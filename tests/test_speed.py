@@ -187,6 +187,9 @@ def test_eagle_runs_must_share_their_blas_library_the_baseline_has_none(tmp_path
         eagle_blas="torch default")))
     assert run_speed("--baseline", other, "--opt", eagle) == 2
     assert "'eagle_blas'" in caplog.text
+    older = write(tmp_path / "older.jsonl", answers())  # written before the setting existed
+    assert run_speed("--baseline", older, "--opt", other) == 0
+    assert run_speed("--baseline", older, "--opt", eagle) == 2
 
 
 def test_environment_differences_are_warnings(tmp_path, caplog):
