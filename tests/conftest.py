@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny checkpoints from `eagle.tiny` (built once per test session), the MT-Bench
-questions (copied from the shared data folder and checked against the published sha256), and one
-torch thread for modules that decode the tiny model."""
+questions (copied from the shared data folder and checked against the published sha256), one
+torch thread for modules that decode the tiny model, and the scripts/ folder's scripts as modules."""
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -8,6 +9,22 @@ from pathlib import Path
 import pytest
 
 SHARED_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "mt_bench" / "question.jsonl"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """load_script(NAME): scripts/NAME.py as a module, its folder on sys.path as when it runs
+    (the scripts import each other)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

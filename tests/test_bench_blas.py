@@ -1,23 +1,14 @@
 """scripts/bench_blas.py: the per-library summary of alternated rounds, the preference it sets
 for a block, and its refusal without a GPU."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from eagle import fused
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
 
 @pytest.fixture
-def script(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports bench_graphs from its folder
-    spec = importlib.util.spec_from_file_location("bench_blas", SCRIPTS / "bench_blas.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("bench_blas")
 
 
 def test_summary_takes_each_librarys_median_and_checks_its_tokens(script):

@@ -1,22 +1,14 @@
 """scripts/kernel_profile.py: per-unit kernel tables net of the one-token run, and its refusal
 without a GPU."""
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
 
 @pytest.fixture
-def script(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports peer_transformers from its folder
-    spec = importlib.util.spec_from_file_location("kernel_profile", SCRIPTS / "kernel_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("kernel_profile")
 
 
 def event(name: str, us: float, device: str = "CUDA"):

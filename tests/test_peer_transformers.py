@@ -1,7 +1,4 @@
 """scripts/peer_transformers.py hands the preset's weights to transformers unchanged: same greedy tokens."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -9,18 +6,9 @@ from eagle.config import TreeConfig
 from eagle.ea_model import EaModel
 from eagle.presets import build_random
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peer_transformers.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("peer_transformers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine():
-    peer = load_script().hf_model("tiny", torch.float32, 3, torch.device("cpu"))
+def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine(load_script):
+    peer = load_script("peer_transformers").hf_model("tiny", torch.float32, 3, torch.device("cpu"))
     base, _ = build_random("tiny", torch.float32, torch.device("cpu"), 3, draft=False)
     ids = torch.randint(0, base.args.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     theirs = peer.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0,
@@ -29,13 +17,13 @@ def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine():
     assert theirs == ours
 
 
-def test_report_is_saved_after_every_turn_and_flags_slow_ones(tmp_path):
+def test_report_is_saved_after_every_turn_and_flags_slow_ones(tmp_path, load_script):
     """A run stopped mid-way leaves a readable report of its turns (complete: false); a turn far
     slower per token than the median (a recompile inside timing) is named."""
     import argparse
     import json
 
-    peer = load_script()
+    peer = load_script("peer_transformers")
     args = argparse.Namespace(cache="static", preset="tiny", dtype="float32", max_new_token=8,
                               out=tmp_path / "peer.json")
     turn = {"question_id": 81, "turn": 1, "prompt_tokens": 30, "new_tokens": 8, "wall_time": 0.08,
