@@ -24,7 +24,8 @@ from typing import ContextManager, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-_flags = {"enabled": True, "sdpa_only": False}  # switched for a block by `_switched`
+# switched for a block by `_switched`; eagle_blas: torch's preferred BLAS library in EAGLE decoding
+_flags = {"enabled": True, "sdpa_only": False, "eagle_blas": "cublaslt"}
 
 
 @lru_cache(maxsize=None)
@@ -44,7 +45,7 @@ def describe(device: torch.device) -> str:
 
 
 @contextmanager
-def _switched(flag: str, value: bool) -> Iterator[None]:
+def _switched(flag: str, value: object) -> Iterator[None]:
     before, _flags[flag] = _flags[flag], value
     try:
         yield
@@ -67,14 +68,22 @@ def sdpa_only() -> ContextManager[None]:
     return _switched("sdpa_only", True)
 
 
-EAGLE_BLAS: Optional[str] = "cublaslt"  # torch's preferred BLAS library in EAGLE decoding
-
-
 def eagle_blas_name(device: torch.device) -> Optional[str]:
     """The BLAS library EAGLE decoding on `device` prefers (None: torch's default). Only NVIDIA's
     CUDA builds: ROCm builds also call their devices "cuda", and it was measured on an H100."""
     on_nvidia = device.type == "cuda" and torch.version.hip is None
-    return EAGLE_BLAS if on_nvidia and active(device) else None
+    return _flags["eagle_blas"] if on_nvidia and active(device) else None
+
+
+def eagle_blas_label(device: torch.device) -> str:
+    """`eagle_blas_name(device)` as settings and reports name it."""
+    return eagle_blas_name(device) or "torch default"
+
+
+def preferring_blas(library: Optional[str]) -> ContextManager[None]:
+    """EAGLE decoding prefers `library` (None: torch's default) inside this block (for
+    comparisons)."""
+    return _switched("eagle_blas", library)
 
 
 @contextmanager

@@ -135,7 +135,7 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "attention_kernel": resolve_attention(cfg.attention_backend, device) or "torch default",
         "cuda_graph": graph_setting(cfg, device),
         "kernels": fused.describe(device),
-        "eagle_blas": (fused.eagle_blas_name(device) or "torch default") if cfg.drafts else None,
+        "eagle_blas": fused.eagle_blas_label(device) if cfg.drafts else None,
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,

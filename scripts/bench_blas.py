@@ -1,7 +1,7 @@
 """The EAGLE step with torch's default BLAS library and with cuBLASLt, alternated in one process.
 
 EAGLE decoding on the fused path prefers cuBLASLt for its matrix products
-(`eagle.fused.EAGLE_BLAS`). This script times a step both ways on the random-weight preset: a
+(`eagle.fused.eagle_blas`). This script times a step both ways on the random-weight preset: a
 fresh model (its own graph capture) per round and library, in the order default, cuBLASLt,
 default, cuBLASLt, ...; ms/step net of the prefill, median of --repeat calls (as bench_graphs.py
 measures). Each library's rounds must decode the same tokens (the exit status is 1 where they do
@@ -16,19 +16,19 @@ import argparse
 import json
 import logging
 import statistics
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from bench_graphs import add_setup_args, per_unit_ms, random_setup  # this folder: run as a script
+from bench_graphs import (add_setup_args, eagle_ms, gpu_args, random_setup,  # run as a script
+                          setup_report)
 from eagle import EaModel, fused
 from eagle.tree.masks import MASK_IMPLS
 
 log = logging.getLogger("bench_blas")
 
-LIBRARIES = (None, "cublaslt")  # None: torch's default
+LIBRARIES = {"torch default": None, "cublaslt": "cublaslt"}  # report name: preference
 
 
 def positive(text: str) -> int:
@@ -49,27 +49,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@contextmanager
-def preferring(library: Optional[str]) -> Iterator[None]:
-    """EAGLE decoding prefers `library` inside this block."""
-    before, fused.EAGLE_BLAS = fused.EAGLE_BLAS, library
-    try:
-        yield
-    finally:
-        fused.EAGLE_BLAS = before
-
-
 def summary(rows: list[dict]) -> dict:
     """Per library asked for: the median over rounds and whether every round decoded the same
     tokens; the ratio cuBLASLt / default."""
     out = {}
-    for library in LIBRARIES:
-        mine = [row for row in rows if row["asked"] == library]
-        out[library or "torch default"] = {
-            "ms_per_step": statistics.median(row["ms_per_step"] for row in mine),
-            "rounds": [row["ms_per_step"] for row in mine],
-            "same_tokens": all(row["tokens"] == mine[0]["tokens"] for row in mine)}
-    default, lt = (out[library or "torch default"]["ms_per_step"] for library in LIBRARIES)
+    for name in LIBRARIES:
+        mine = [row for row in rows if row["asked"] == name]
+        out[name] = {"ms_per_step": statistics.median(row["ms_per_step"] for row in mine),
+                     "rounds": [row["ms_per_step"] for row in mine],
+                     "same_tokens": all(row["tokens"] == mine[0]["tokens"] for row in mine)}
+    default, lt = (out[name]["ms_per_step"] for name in LIBRARIES)
     out["cublaslt_over_default"] = lt / default
     return out
 
@@ -78,36 +67,30 @@ def time_step(base, head, prompt: torch.Tensor, tree, args) -> tuple:
     """(ms/step, the last timed result) of a fresh model: warm-up and capture, then timed."""
     model = EaModel(base, head, tree, mask_impl=args.mask_impl, max_length=args.max_length,
                     cuda_graph=not args.eager)
-    model.generate(prompt, max_new_tokens=args.new)
-    return per_unit_ms(lambda n: model.generate(prompt, max_new_tokens=n), args.new,
-                       lambda r: r.steps, args.repeat)
+    return eagle_ms(model, prompt, args)[:2]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if not torch.cuda.is_available():
-        log.error("needs a CUDA device")
+    args = gpu_args(parse_args, argv, log)
+    if args is None:
         return 2
     base, head, prompt, tree = random_setup(args)
     rows = []
     with torch.inference_mode():
         for _ in range(args.rounds):
-            for library in LIBRARIES:
-                with preferring(library):
-                    ran = fused.eagle_blas_name(prompt.device) or "torch default"
+            for name, library in LIBRARIES.items():
+                with fused.preferring_blas(library):
+                    ran = fused.eagle_blas_label(prompt.device)
                     ms, res = time_step(base, head, prompt, tree, args)
-                rows.append({"asked": library, "eagle_blas": ran, "ms_per_step": ms,
+                rows.append({"asked": name, "eagle_blas": ran, "ms_per_step": ms,
                              "steps": res.steps, "tokens": res.new_token_ids})
                 log.info("%s: %.3f ms/step", ran, ms)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "preset": args.preset, "dtype": args.dtype, "prompt": args.prompt, "new": args.new,
-              "tree": args.tree, "mask_impl": args.mask_impl, "graphs": not args.eager,
-              "kernels": fused.describe(prompt.device), "summary": summary(rows), "rounds": rows}
+    report = {**setup_report(args), "mask_impl": args.mask_impl, "graphs": not args.eager,
+              "summary": summary(rows), "rounds": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"], indent=1))  # noqa: T201 - the script's result
-    reproduced = all(report["summary"][lib or "torch default"]["same_tokens"] for lib in LIBRARIES)
+    reproduced = all(report["summary"][name]["same_tokens"] for name in LIBRARIES)
     if not reproduced:
         log.error("a library's rounds decoded different tokens: the step does not reproduce itself")
     return 0 if reproduced else 1

@@ -55,6 +55,24 @@ def random_setup(args: argparse.Namespace) -> tuple:
     return base, head, prompt, TreeConfig(*(int(x) for x in args.tree.split(",")))
 
 
+def gpu_args(parse: Callable[[Optional[Sequence[str]]], argparse.Namespace],
+             argv: Optional[Sequence[str]], logger: logging.Logger) -> Optional[argparse.Namespace]:
+    """A GPU benchmark's start: logging, then its arguments; None (logged) without CUDA."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse(argv)
+    if not torch.cuda.is_available():
+        logger.error("needs a CUDA device")
+        return None
+    return args
+
+
+def setup_report(args: argparse.Namespace) -> dict:
+    """What a GPU benchmark's report starts with: the card, torch, the kernel path, the setup."""
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "kernels": fused.describe(torch.device("cuda")), "preset": args.preset,
+            "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_setup_args(p, new=128)
@@ -78,6 +96,17 @@ def per_unit_ms(run: Callable[[int], object], new: int, units: Callable[[object]
     return statistics.median(values), result
 
 
+def eagle_ms(model: EaModel, prompt: torch.Tensor, args) -> tuple[float, object, float]:
+    """(ms/step, the last timed result, seconds of the warm-up) of EAGLE decoding with --new
+    tokens: one warm-up call (capturing graphs), then `per_unit_ms` per step."""
+    t0 = time.perf_counter()
+    model.generate(prompt, max_new_tokens=args.new)
+    warm = time.perf_counter() - t0
+    ms, res = per_unit_ms(lambda n: model.generate(prompt, max_new_tokens=n), args.new,
+                          lambda r: r.steps, args.repeat)
+    return ms, res, warm
+
+
 def bench_engine(model: EaModel, prompt: torch.Tensor, args) -> dict:
     """Plain ms/token and EAGLE ms/step per mask implementation, tokens of each run."""
     t0 = time.perf_counter()
@@ -88,11 +117,7 @@ def bench_engine(model: EaModel, prompt: torch.Tensor, args) -> dict:
     out["plain"] = {"ms_per_token": ms, "tokens": res.new_token_ids}
     for impl in MASK_IMPLS:
         model.mask_impl = impl
-        t0 = time.perf_counter()
-        model.generate(prompt, max_new_tokens=args.new)  # warm-up and capture
-        warm = time.perf_counter() - t0
-        ms, res = per_unit_ms(lambda n: model.generate(prompt, max_new_tokens=n), args.new,
-                              lambda r: r.steps, args.repeat)
+        ms, res, warm = eagle_ms(model, prompt, args)
         prof = model.generate(prompt, max_new_tokens=args.new, profile=True).profile
         out[impl] = {"ms_per_step": ms, "steps": res.steps, "tokens": res.new_token_ids,
                      "mean_accept": sum(res.accept_lengths) / len(res.accept_lengths),
@@ -152,16 +177,12 @@ def checks(graphs: dict, eager: Optional[dict], again: dict) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if not torch.cuda.is_available():
-        log.error("needs a CUDA device")
+    args = gpu_args(parse_args, argv, log)
+    if args is None:
         return 2
     dev = torch.device("cuda")
     base, head, prompt, tree = random_setup(args)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
-              "kernels": fused.describe(dev),
-              "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}
+    report = setup_report(args)
     with torch.inference_mode():
         for mode, on in (("graphs", True), ("eager", False), ("unfused", True)):
             if mode not in args.modes.split(","):
@@ -169,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with fused.unfused() if mode == "unfused" else nullcontext():
                 model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
                 report[mode] = bench_engine(model, prompt, args)
-                report[mode]["eagle_blas"] = fused.eagle_blas_name(dev) or "torch default"
+                report[mode]["eagle_blas"] = fused.eagle_blas_label(dev)
             log.info("%s done", mode)
         again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
         repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}

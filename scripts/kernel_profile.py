@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from bench_graphs import add_setup_args, random_setup  # this folder: run as a script
-from eagle import EaModel, fused
+from bench_graphs import add_setup_args, gpu_args, random_setup, setup_report  # run as a script
+from eagle import EaModel
 from eagle.tree.masks import MASK_IMPLS
 from peer_transformers import timed
 
@@ -98,17 +98,13 @@ def markdown(report: dict, top: int) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if not torch.cuda.is_available():
-        log.error("needs a CUDA device")
+    args = gpu_args(parse_args, argv, log)
+    if args is None:
         return 2
     base, head, prompt, tree = random_setup(args)
     model = EaModel(base, head, tree, mask_impl=args.mask_impl, max_length=args.max_length,
                     cuda_graph=True)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "preset": args.preset, "dtype": args.dtype, "prompt": args.prompt, "new": args.new,
-              "tree": args.tree, "mask_impl": args.mask_impl, "kernels": fused.describe(prompt.device)}
+    report = {**setup_report(args), "mask_impl": args.mask_impl}
     with torch.inference_mode():
         report["plain"] = profile_run(lambda n: model.naive_generate(prompt, max_new_tokens=n),
                                       args.new, lambda r: r.new_tokens - 1)

@@ -90,6 +90,9 @@ def test_eagle_blas_keeps_torch_default_off_the_fused_path(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", "6.4")  # a ROCm build: not what was measured
     assert fused.eagle_blas_name(cuda) is None
     monkeypatch.setattr(torch.version, "hip", None)
+    with fused.preferring_blas(None):  # for this block only
+        assert fused.eagle_blas_name(cuda) is None and fused.eagle_blas_label(cuda) == "torch default"
+    assert fused.eagle_blas_label(cuda) == "cublaslt"
     monkeypatch.setattr(fused, "active", lambda device: False)
     assert fused.eagle_blas_name(cuda) is None
 
