@@ -35,15 +35,21 @@ def test_masks_at_a_device_start_match_the_host_ones_padded():
         assert torch.equal(static[:, :host.shape[1]], host) and not static[:, host.shape[1]:].any()
 
 
+def drafter_pair(model_seed: int, input_seed: int, rows: int) -> tuple:
+    """Two drafters of one random tiny head (tree 30/3/4, 128 slots), `rows` random draft inputs
+    (features [1, rows, 3H], tokens [rows]) and the generator they were drawn from."""
+    base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=model_seed)
+    gen = torch.Generator().manual_seed(input_seed)
+    feats = torch.randn(1, rows, 3 * base.args.hidden_size, generator=gen)
+    toks = torch.randint(0, base.args.vocab_size, (rows,), generator=gen)
+    tree = TreeConfig(30, 3, 4)
+    return [Drafter(head, base.model.embed_tokens, tree, 128) for _ in range(2)], feats, toks, gen
+
+
 def test_padded_draft_input_drafts_the_unpadded_tree():
     """A step over m real rows padded to m + 3 (garbage after them) drafts the same tree and
     leaves the draft cache length where the unpadded step does."""
-    tree = TreeConfig(30, 3, 4)
-    base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=4)
-    gen = torch.Generator().manual_seed(0)
-    feats = torch.randn(1, 9, 3 * base.args.hidden_size, generator=gen)
-    toks = torch.randint(0, base.args.vocab_size, (9,), generator=gen)
-    plain, padded = (Drafter(head, base.model.embed_tokens, tree, 128) for _ in range(2))
+    (plain, padded), feats, toks, gen = drafter_pair(model_seed=4, input_seed=0, rows=9)
     with torch.inference_mode():
         for d in (plain, padded):
             d.step(feats[:, :6], toks[:6])  # a prefix, as after the prefill
@@ -87,12 +93,7 @@ def test_cuda_graph_setting_is_checked_and_recorded(tiny_ckpt, tmp_path, caplog)
 def test_drafter_prefill_then_a_one_position_step_drafts_what_one_step_over_the_prompt_does():
     """The prompt's positions before the last in `prefill`, then a step from the last one: the
     same draft cache and tree as one step over every position (how the first step used to run)."""
-    tree = TreeConfig(30, 3, 4)
-    base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=5)
-    gen = torch.Generator().manual_seed(1)
-    feats = torch.randn(1, 7, 3 * base.args.hidden_size, generator=gen)
-    toks = torch.randint(0, base.args.vocab_size, (7,), generator=gen)
-    whole, split = (Drafter(head, base.model.embed_tokens, tree, 128) for _ in range(2))
+    (whole, split), feats, toks, _ = drafter_pair(model_seed=5, input_seed=1, rows=7)
     with torch.inference_mode():
         want = whole.step(feats, toks)
         split.prefill(feats[:, :6], toks[:6])
