@@ -1,8 +1,8 @@
-"""Obtain the MT-Bench questions (`data/mt_bench/question.jsonl`) and verify their sha256.
+"""Verify or refresh the MT-Bench questions (`data/mt_bench/question.jsonl`, shipped in the repository).
 
-The file is not committed: it is copied from a local path (`--from`) or downloaded from FastChat's
-canonical URL, checked against the published sha256 and written atomically, so a failed or corrupt
-fetch leaves nothing behind.
+A verified file is left alone. Otherwise the file is copied from a local path (`--from`) or
+downloaded from FastChat's canonical URL, checked against the published sha256 and written
+atomically, so a failed or corrupt fetch leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -81,11 +81,12 @@ def obtain(out: Path = DEFAULT_OUT, source: Optional[Path] = None, url: str = MT
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eagle-mt-bench-data",
-        description="Obtain data/mt_bench/question.jsonl (80 MT-Bench questions) and verify its sha256.",
+        description="Verify data/mt_bench/question.jsonl (80 MT-Bench questions, shipped) against its "
+                    "sha256, or fetch it again.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  eagle-mt-bench-data                                   # download\n"
-               "  eagle-mt-bench-data --from ../shared/mt_bench/question.jsonl\n"
+               "  eagle-mt-bench-data                                   # verify (download if bad)\n"
+               "  eagle-mt-bench-data --from ~/FastChat/fastchat/llm_judge/data/mt_bench/question.jsonl\n"
                "  python -m evaluation.mt_bench_data --out /tmp/q.jsonl --force\n")
     parser.add_argument("--from", dest="source", type=Path, metavar="PATH",
                         help="copy from this local file instead of downloading")

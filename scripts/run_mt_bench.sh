@@ -36,8 +36,8 @@
 #                    as speed.py's --control; whether the outputs reproduce at all: required
 #                    in float32, reported otherwise)                                       [0]
 #   OUT_DIR          answers and reports                                                 [runs/mt_bench]
-#   QUESTION_SOURCE  local question.jsonl to copy instead of downloading
-#                    [../shared/mt_bench/question.jsonl when that exists]
+#   QUESTION_SOURCE  local question.jsonl to copy over the shipped data/mt_bench/question.jsonl
+#                    when that one is missing or fails its sha256 check (else it is downloaded)  []
 #   TINY_DIR         where the tiny checkpoints are found or built                       [checkpoints/tiny]
 #   PYTHON           interpreter                                                         [python]
 #   OMP_NUM_THREADS  torch CPU threads per process: the tiny model's small ops only pay for thread
@@ -94,12 +94,8 @@ ensure_tiny() {
 }
 
 ensure_questions() {
-  local source=$QUESTION_SOURCE
-  if [[ -z $source && -f ../shared/mt_bench/question.jsonl ]]; then
-    source=../shared/mt_bench/question.jsonl
-  fi
-  if [[ -n $source ]]; then
-    "$PYTHON" -m evaluation.mt_bench_data --out "$QUESTION_FILE" --from "$source"
+  if [[ -n $QUESTION_SOURCE ]]; then
+    "$PYTHON" -m evaluation.mt_bench_data --out "$QUESTION_FILE" --from "$QUESTION_SOURCE"
   else
     "$PYTHON" -m evaluation.mt_bench_data --out "$QUESTION_FILE"
   fi

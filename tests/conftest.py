@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny checkpoints from `eagle.tiny` (built once per test session), the MT-Bench
-questions (copied from the shared data folder and checked against the published sha256), one
+questions (the shipped data/mt_bench/question.jsonl, checked against the published sha256), one
 torch thread for modules that decode the tiny model, and the scripts/ folder's scripts as modules."""
 import importlib.util
 import os
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "mt_bench" / "question.jsonl"
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = REPO / "data" / "mt_bench" / "question.jsonl"
+SCRIPTS = REPO / "scripts"
 
 
 @pytest.fixture
@@ -36,10 +37,12 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def question_file(tmp_path_factory) -> Path:
-    from evaluation.mt_bench_data import obtain
+def question_file() -> Path:
+    """The shipped questions, verified (a fresh clone needs no network and nothing beside it)."""
+    from evaluation.mt_bench_data import is_verified
 
-    return obtain(tmp_path_factory.mktemp("data") / "question.jsonl", SHARED_QUESTIONS)
+    assert is_verified(QUESTIONS), f"{QUESTIONS} is missing or fails its sha256 check"
+    return QUESTIONS
 
 
 @pytest.fixture(scope="module")

@@ -14,25 +14,22 @@ import torch
 from evaluation import speed
 from evaluation.answers import tokens_per_step
 from evaluation.gen_cli import main as gen_main
-from evaluation.mt_bench_data import obtain
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
 QUESTIONS, MAX_NEW = 4, 24  # a budget some turns hit: their last step is cut
 
 
 @pytest.fixture(scope="module")
-def files(tiny_ckpt, tmp_path_factory) -> dict:
+def files(tiny_ckpt, question_file, tmp_path_factory) -> dict:
     """{"eagle": path, "baseline": path} in one folder, as FastChat's reader expects."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model's ops pay only for thread synchronisation
     folder = tmp_path_factory.mktemp("interop")
-    questions = obtain(folder.parent / "question.jsonl", SHARED_QUESTIONS)
     out = {}
     for method in ("eagle", "baseline"):
         out[method] = folder / f"{method}.jsonl"
         argv = ["--base-model-path", str(tiny_ckpt / "base"), "--ea-model-path", str(tiny_ckpt / "draft"),
-                "--question-file", str(questions), "--answer-file", str(out[method]), "--question-end",
+                "--question-file", str(question_file), "--answer-file", str(out[method]), "--question-end",
                 str(QUESTIONS), "--max-new-token", str(MAX_NEW), "--device", "cpu", "--model-id", method]
         assert gen_main(method, argv) == 0
     torch.set_num_threads(threads)

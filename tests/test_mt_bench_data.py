@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import urllib.error
 from pathlib import Path
 
@@ -12,15 +13,11 @@ from evaluation import mt_bench_data
 from evaluation.mt_bench_data import MT_BENCH_SHA256, DataError, obtain
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
 
 
 @pytest.fixture(scope="module")
-def source() -> Path:
-    if not SHARED_QUESTIONS.is_file():
-        pytest.fail(f"{SHARED_QUESTIONS} is missing: tests and CI take the MT-Bench questions from "
-                    f"../shared/mt_bench/question.jsonl beside the repository")
-    return SHARED_QUESTIONS
+def source(question_file) -> Path:
+    return question_file
 
 
 def test_copy_from_local_path_verifies_and_writes(source, tmp_path):
@@ -80,3 +77,14 @@ def test_offline_download_says_how_to_copy_instead(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="could not download .*--from"):
         obtain(tmp_path / "q.jsonl")
     assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_no_tracked_file_refers_to_a_sibling_of_the_repository():
+    """A fresh clone has nothing beside it: data, tests, scripts and CI read the shipped files."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    sibling = "../" + "shared"  # spelled in two parts so that this file does not match itself
+    offenders = [name for name in listed.stdout.decode().split("\0")
+                 if name and (REPO / name).is_file() and sibling in (REPO / name).read_text(errors="replace")]
+    assert offenders == []

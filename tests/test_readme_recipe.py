@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from evaluation.mt_bench_data import obtain
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QUESTIONS = REPO.parent / "shared" / "mt_bench" / "question.jsonl"
 
 
 def by_hand_block() -> str:
@@ -24,8 +23,10 @@ def by_hand_block() -> str:
 
 
 @pytest.mark.slow
-def test_by_hand_recipe_runs_as_written_on_the_cpu(tmp_path):
-    obtain(tmp_path / "data" / "mt_bench" / "question.jsonl", SHARED_QUESTIONS)  # no network here
+def test_by_hand_recipe_runs_as_written_on_the_cpu(question_file, tmp_path):
+    data = tmp_path / "data" / "mt_bench"  # the recipe runs in a fresh folder, as a clone's data
+    data.mkdir(parents=True)
+    shutil.copy(question_file, data / "question.jsonl")
     shims = tmp_path / "bin"
     shims.mkdir()
     shim = shims / "python"  # `python` is this interpreter (a script: a venv survives it)
