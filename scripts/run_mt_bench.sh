@@ -30,11 +30,13 @@
 #   CUDA_GRAPH       auto | on | off: replay captured decoding steps (auto: on with CUDA)  [auto]
 #   PROFILE          1: per-step section profile (ANSWER.profile.json) for EAGLE runs, and
 #                    all of them side by side in OUT_DIR/profile.md (.json, .png)          [0]
-#   REPEAT           1: a control run: rebuild and the baseline answer once more, interleaved, in a
-#                    second process (files *-repeat.jsonl), compared with the first process's
-#                    (unpaired: speed drift between processes, also shown in each A/B report
-#                    as speed.py's --control; whether the outputs reproduce at all: required
-#                    in float32, reported otherwise)                                       [0]
+#   REPEAT           1: a control run: rebuild twice and the baseline answer once more, interleaved,
+#                    in a second process (files *-repeat.jsonl). Rebuild against its second
+#                    member there is an A/A control within one process: each A/B verdict is
+#                    judged against its spread (speed.py's --control). Each file compared with
+#                    the first process's shows the drift between processes (unpaired) and
+#                    whether the outputs reproduce at all: required in float32, reported
+#                    otherwise                                                            [0]
 #   OUT_DIR          answers and reports                                                 [runs/mt_bench]
 #   QUESTION_SOURCE  local question.jsonl to copy over the shipped data/mt_bench/question.jsonl
 #                    when that one is missing or fails its sha256 check (else it is downloaded)  []
@@ -132,7 +134,7 @@ answers() {  # answers IMPLS SUFFIX: one process, the members interleaved, one f
 }
 
 FAILED=() ALLOWED=() SUMMARY=()
-CONTROL=()  # REPEAT=1: rebuild and its repeat, the drift between processes, shown in each A/B report
+CONTROL=()  # REPEAT=1: the second process's rebuild pair, an A/A control for each A/B verdict
 compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWED WHEN NOT STRICT]
   local name=$1 base=$2 opt=$3 strict=$4 allowed=${5:-baseline vs EAGLE in reduced precision} rc=0
   local report=$OUT_DIR/speed-$name.txt control=()
@@ -178,12 +180,13 @@ main() {
   [[ $PROFILE == 1 ]] && profile=(--profile)
   answers "$impls" ""
   if [[ $REPEAT == 1 ]]; then
-    log "control: rebuild and the baseline once more, in a second process"
-    answers rebuild -repeat
+    log "control: rebuild twice and the baseline once more, in a second process"
+    answers rebuild,rebuild -repeat
   fi
 
   local ref=$OUT_DIR/$MODEL_ID-rebuild.jsonl base=$OUT_DIR/$MODEL_ID-baseline.jsonl strict=0
-  [[ $REPEAT == 1 ]] && CONTROL=(--control "$ref" "$OUT_DIR/$MODEL_ID-rebuild-repeat.jsonl")
+  [[ $REPEAT == 1 ]] && CONTROL=(--control "$OUT_DIR/$MODEL_ID-rebuild-repeat.jsonl"
+                                 "$OUT_DIR/$MODEL_ID-rebuild-2-repeat.jsonl")
   for impl in ${impls//,/ }; do
     [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-$impl.jsonl" 1
   done

@@ -112,7 +112,7 @@ def test_baseline_matches_eagle_in_float32(tiny_ckpt, question_file, answer_dir,
     for c in (c for a in base for c in a["choices"]):  # Spec-Bench's baseline: a step per token
         assert c["decoding_steps"] == c["new_tokens"] and c["idxs"] == [n - 1 for n in c["new_tokens"]]
         assert c["accept_lengths"] == [1] * sum(c["new_tokens"])
-    assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file), "--bootstrap", "0"]) == 0
+    assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file)]) == 0
 
 
 def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_file, monkeypatch,

@@ -82,12 +82,14 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
     for name in ("rebuild-vs-rebuild-repeat", "baseline-vs-baseline-repeat"):  # float32: identical
         report = json.loads((tmp_path / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 4
-    assert "control: rebuild and the baseline once more" in done.stderr
+    assert "control: rebuild twice and the baseline once more" in done.stderr
     control = json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["control"]
-    assert [Path(f).name for f in control["files"]] == ["tiny-rebuild.jsonl", "tiny-rebuild-repeat.jsonl"]
+    assert [Path(f).name for f in control["files"]] == ["tiny-rebuild-repeat.jsonl",
+                                                       "tiny-rebuild-2-repeat.jsonl"]
+    assert control["method"] == "paired" and not control["applied"]  # 2 questions: too few
     repeat = json.loads((tmp_path / "tiny-rebuild-repeat.jsonl").read_text().splitlines()[0])
     first = json.loads((tmp_path / "tiny-rebuild.jsonl").read_text().splitlines()[0])
-    assert repeat["interleave"]["members"] == ["rebuild", "baseline"]
+    assert repeat["interleave"]["members"] == ["rebuild", "rebuild-2", "baseline"]
     assert repeat["interleave"]["run_id"] != first["interleave"]["run_id"]  # a second process
 
 
@@ -118,3 +120,4 @@ def test_settings_are_refused_before_anything_is_built(tmp_path):
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
         assert "settings refused" in done.stderr and "Traceback" not in done.stderr
         assert not tiny.exists() and not (tmp_path / "out").exists()
+

@@ -63,7 +63,7 @@ def test_identical_runs_exit_0_with_report(pair, tmp_path, capsys):
     a, b = pair
     out = tmp_path / "out"
     rc = run_speed("--baseline", a, "--opt", b, "--json", out / "r.json", "--markdown", out / "r.md",
-                   "--plot", out / "r.png", "--bootstrap", 200)
+                   "--plot", out / "r.png")
     assert rc == 0
     report = json.loads((out / "r.json").read_text())
     assert report["audit"] == {**report["audit"], "turns": 6, "identical": 6, "differing": 0}
@@ -89,7 +89,7 @@ def test_speedup_ci_brackets_a_noisy_ratio(tmp_path):
     fast = answers(wall=0.5, settings=with_settings(mask_impl="vectorized"))
     fast[0]["choices"][0]["wall_time"] = [0.25, 0.25]  # question 81 four times as fast
     report = compare(Run.load(write(tmp_path / "a.jsonl", slow)),
-                     Run.load(write(tmp_path / "b.jsonl", fast)), resamples=500)
+                     Run.load(write(tmp_path / "b.jsonl", fast)))
     lo, hi = report["speedup"]["ci95"]
     assert lo < report["speedup"]["value"] < hi
     assert report["baseline"]["tokens_per_s_mean_per_question"] == pytest.approx((8 + 10 + 6) / 3 / 2)
@@ -226,7 +226,7 @@ def test_script_and_module_entry_points_report_exit_codes(pair):
     a, b = pair
     for cmd in ([sys.executable, str(REPO / "evaluation" / "speed.py")],
                 [sys.executable, "-m", "evaluation.speed"]):
-        done = subprocess.run(cmd + ["--baseline", str(a), "--opt", str(b), "--bootstrap", "0"],
+        done = subprocess.run(cmd + ["--baseline", str(a), "--opt", str(b)],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "outputs identical" in done.stdout
