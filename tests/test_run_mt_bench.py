@@ -121,3 +121,15 @@ def test_settings_are_refused_before_anything_is_built(tmp_path):
         assert "settings refused" in done.stderr and "Traceback" not in done.stderr
         assert not tiny.exists() and not (tmp_path / "out").exists()
 
+
+@pytest.mark.slow
+def test_sampling_run_ends_green_and_explains(tiny_ckpt, tmp_path):
+    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "TEMPERATURE": "0.7",
+                       "QUESTION_END": "3", "MAX_NEW_TOKEN": "16"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "baseline-vs-rebuild: token identity not expected" in done.stderr
+    assert "plain decoding and EAGLE draw from different random streams" in done.stderr
+    report = json.loads((tmp_path / "speed-baseline-vs-rebuild.json").read_text())
+    assert not report["audit"]["required"]
+    assert json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["audit"]["required"]
+    assert "Compared instead: new tokens per turn" in (tmp_path / "speed-baseline-vs-rebuild.md").read_text()
