@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from .answers import AnswerFileError, drafts, read_answers, settings_diff
+from .machine import KEY, busy
 from .paired import MIN_QUESTIONS, Band, drift_allowance, judge, spread_pct, t_interval
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,14 @@ def check_comparable(base: Run, opt: Run) -> list[str]:
         if shape_a != shape_b:
             raise AnswerFileError(opt.path, line_b, f"question {qid} has turns per choice {shape_b}, "
                                   f"{base.path}:{line_a} has {shape_a}")
-    return _check_settings(base, opt)
+    return _check_settings(base, opt) + machine_warnings(base) + machine_warnings(opt)
+
+
+def machine_warnings(run: Run) -> list[str]:
+    """`machine.busy` at the start (first line's record) and the end (last line's) of a file."""
+    first, last = run.rows[0][1]["settings"], run.rows[-1][1]["settings"]
+    found = [busy(first.get(KEY), "start"), busy(last.get(KEY), "end")]
+    return [f"{run.path}: {w}" for w in found if w]
 
 
 def as_recorded_now(settings: dict) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from eagle.tree.masks import MASK_IMPLS
 from evaluation import profile_table, speed
-from evaluation.answers import answer_problem, iter_lines
+from evaluation.answers import answer_problem, iter_lines, settings_diff
 from evaluation.gen_cli import main as gen_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,8 @@ def test_answer_lines_follow_the_schema(rebuild_file):
         s = a["settings"]
         assert (s["method"], s["mask_impl"], s["dtype"], s["max_new_token"]) == \
             ("eagle", "rebuild", "float32", MAX_NEW)
+        assert set(s["machine"]) == {"cpu_count", "torch_threads", "omp_num_threads", "load_start",
+                                     "load_end"} and s["machine"]["torch_threads"] >= 1
         (choice,) = a["choices"]
         assert len(choice["turns"]) == 2 and all(isinstance(t, str) for t in choice["turns"])
         detail, flat = choice["detail"], list(choice["accept_lengths"])
@@ -128,7 +130,7 @@ def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_f
                                           "--answer-file", str(with_path)]) == 0
     assert gen_main("baseline", common + ["--answer-file", str(without)]) == 0  # no head needed
     (a,), (b,) = rows(with_path), rows(without)
-    assert a["settings"] == b["settings"] and a["settings"]["draft_model"] is None
+    assert settings_diff(a["settings"], b["settings"]) == [] and a["settings"]["draft_model"] is None
     eagle_ids = rows(rebuild_file)[0]["choices"][0]["detail"]["token_ids"]  # float32: the same tokens
     assert a["choices"][0]["detail"]["token_ids"] == b["choices"][0]["detail"]["token_ids"] == eagle_ids
 
