@@ -266,9 +266,9 @@ def generate_answers(cfg: GenConfig) -> int:
     check_writable([m.cfg.answer_file for m in members])
     runner = Runner(members, [run_settings(m.cfg, runtime) for m in members])
     pending = runner.pending(questions)
-    log.info("%s: %d questions selected (cached: %d, remaining: %d)",
-             ", ".join(map(str, runner.files)), len(questions), len(questions) - len(pending),
-             len(pending))
+    log.info("%s: %d questions selected, %d already answered; %s", ", ".join(map(str, runner.files)),
+             len(questions), len(questions) - len(pending),
+             f"answering {len(pending)} with {', '.join(runner.labels)}" if pending else "nothing to run")
     if pending:
         tokenizer = load_tokenizer(cfg)
         check_tokenizer(tokenizer, cfg)

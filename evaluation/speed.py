@@ -4,8 +4,9 @@ The report's last line on stdout is the verdict: faster / slower / no difference
 95% CI, paired or unpaired, the smallest difference the run could resolve and the audit result.
 
 Exit status: 0 when every turn's token ids match or identity is not expected (sampling by two
-different methods), 1 when some differ where they must (0 with --allow-mismatch) and nothing else; 2 on bad input (the message names the file and line), on the same file or two
-byte-identical files on both sides, and on an output that cannot be written (an input's path, an
+different methods), 1 when some differ where they must (0 with --allow-mismatch) and nothing else;
+2 on bad input (the message names the file and line), on the same file or two byte-identical files
+on both sides, and on an output that cannot be written (an input's path, an
 unwritable folder, a plot format matplotlib does not know).
 """
 from __future__ import annotations
@@ -194,7 +195,7 @@ def _audit_lines(report: dict) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     a, b = report["baseline"], report["opt"]
-    lines = [f"# Speed: {b['label']} vs {a['label']}", ""] + _pairing_lines(report) + [
+    lines = [f"# Speed: {a['label']} vs {b['label']} (baseline vs opt)", ""] + _pairing_lines(report) + [
         "", f"- baseline: `{a['file']}` (code {a['fingerprint'] or 'not recorded'})",
         f"- opt: `{b['file']}` (code {b['fingerprint'] or 'not recorded'})",
         f"- device: {a['settings'].get('device_name')} ({a['settings'].get('dtype')}); "
@@ -226,7 +227,7 @@ def category_figure(report: dict):
     if overall["ci95"]:
         ax.axhspan(*overall["ci95"], color="tab:orange", alpha=0.15, label="overall 95% CI")
     ax.set_ylabel(f"speedup ({overall['method']})")
-    ax.set_title(f"{report['opt']['label']} vs {report['baseline']['label']}")
+    ax.set_title(f"{report['baseline']['label']} vs {report['opt']['label']}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()

@@ -23,7 +23,8 @@
 #   DTYPE            auto | float32 | float16 | bfloat16 (auto: fp16 on CUDA, fp32 on CPU)  [auto]
 #   QUESTION_BEGIN   first question index (slice)                                        [0]
 #   QUESTION_END     end question index (slice)                                          [all 80]
-#   MAX_NEW_TOKEN    new tokens per turn at most                                         [32]
+#   MAX_NEW_TOKEN    new tokens per turn at most (the generators' own default, without this
+#                    script: 1024, as FastChat's and upstream EAGLE's)                   [32]
 #   TOTAL_TOKEN DEPTH TOP_K   draft tree                                                 [60 5 10]
 #   TEMPERATURE      0 = greedy                                                          [0.0]
 #   ATTENTION_BACKEND  auto | math | efficient | cudnn | flash: pin the attention kernels  [auto]
@@ -130,9 +131,20 @@ common_args() {
 }
 
 answers() {  # answers IMPLS SUFFIX: one process, the members interleaved, one file each
-  log "answers, interleaved in one process: --mask-impl $1 --with-baseline${2:+ ($2)}"
-  "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$1" \
-    --with-baseline --model-id "$MODEL_ID-{impl}$2" --answer-file "$OUT_DIR/$MODEL_ID-{impl}$2.jsonl"
+  local err rc=0
+  log "answers, interleaved in one process: --mask-impl $1 --with-baseline${2:+ ($2)}; questions" \
+      "every file already holds are skipped"
+  err=$(mktemp)
+  { "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$1" \
+      --with-baseline --model-id "$MODEL_ID-{impl}$2" --answer-file "$OUT_DIR/$MODEL_ID-{impl}$2.jsonl" \
+      2>&1 1>&3 3>&- | tee "$err" >&2; } 3>&1 || rc=$?
+  if grep -q 'cannot resume: written with different settings' "$err"; then
+    rm -f "$err"
+    die "OUT_DIR ($OUT_DIR) holds answers written with other settings (see above): delete it," \
+        "or set OUT_DIR to another folder"
+  fi
+  rm -f "$err"
+  (( rc == 0 )) || exit "$rc"
 }
 
 FAILED=() ALLOWED=() UNEXPECTED=() SUMMARY=()

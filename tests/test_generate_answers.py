@@ -261,7 +261,7 @@ def test_killed_and_restarted_generation_has_one_answer_per_question(tiny_ckpt, 
     assert all(answer_problem(a) is None for a in answers)
     kept = {a["question_id"]: a["answer_id"] for a in survivors}
     assert all(a["answer_id"] == kept[a["question_id"]] for a in answers if a["question_id"] in kept)
-    assert f"cached: {len(survivors)}, remaining: {6 - len(survivors)}" in caplog.text
+    assert f"{len(survivors)} already answered; answering {6 - len(survivors)} with rebuild" in caplog.text
     assert "dropping an incomplete last line" in caplog.text
 
 

@@ -126,7 +126,7 @@ def test_resume_redoes_a_partial_question_for_every_member(trio, tiny_ckpt, ques
     before = {p.name: rows(p) for p in tmp_path.glob("*.jsonl")}
     assert generate("eagle", tiny_ckpt, question_file, tmp_path / "ea-{impl}.jsonl", "--mask-impl",
                     "rebuild,vectorized", "--with-baseline", "--profile") == 0
-    assert "cached: 2, remaining: 1" in caplog.text
+    assert "2 already answered; answering 1 with rebuild, vectorized, baseline" in caplog.text
     assert "1 question(s) answered by some members only" in caplog.text
     new_runs = set()
     for name, old in before.items():
@@ -176,7 +176,7 @@ def test_same_code_at_another_commit_resumes(trio, tiny_ckpt, question_file, tmp
     edit_settings(path, lambda code: code.update(git_commit="f" * 40))
     assert generate("eagle", tiny_ckpt, question_file, path, "--mask-impl", "rebuild",
                     questions=2) == 0
-    assert "cached: 1, remaining: 1" in caplog.text
+    assert "1 already answered; answering 1 with rebuild" in caplog.text
     assert {a["settings"]["code"]["git_commit"] for a in rows(path)} == {"f" * 40}
 
 

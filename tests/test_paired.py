@@ -152,6 +152,7 @@ def test_report_states_definitions_and_fingerprints(tmp_path, capsys):
     a, b = drifting_pair(tmp_path, ratio=1.0, interleaved=True)
     run(a, b, tmp_path)
     out = capsys.readouterr().out
+    assert out.startswith("# Speed: a vs b (baseline vs opt)\n")  # the order of speed-a-vs-b.md
     assert f"- baseline: `{a}` (code abc123)" in out and f"- opt: `{b}` (code abc123)" in out
     assert "new tokens per step: new tokens / decoding steps as the answer file counts them" in out
     assert "accepted draft tokens + the bonus token per decoding step" in out

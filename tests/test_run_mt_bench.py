@@ -133,3 +133,15 @@ def test_sampling_run_ends_green_and_explains(tiny_ckpt, tmp_path):
     assert not report["audit"]["required"]
     assert json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["audit"]["required"]
     assert "Compared instead: new tokens per turn" in (tmp_path / "speed-baseline-vs-rebuild.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_setting_names_out_dir(tiny_ckpt, tmp_path):
+    first = {"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "QUESTION_END": "1",
+             "MAX_NEW_TOKEN": "4"}
+    assert run_script(first, timeout=300).returncode == 0
+    done = run_script({**first, "MAX_NEW_TOKEN": "5"}, timeout=300)
+    assert done.returncode == 2
+    assert "cannot resume: written with different settings ('max_new_token'" in done.stderr
+    assert f"OUT_DIR ({tmp_path}) holds answers written with other settings (see above): delete " \
+           f"it, or set OUT_DIR to another folder" in done.stderr
