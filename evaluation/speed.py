@@ -157,7 +157,7 @@ def _pairing_lines(report: dict) -> list[str]:
 def _speedup_line(report: dict) -> str:
     s = report["speedup"]
     what = ("paired per-turn throughput ratio" if s["method"] == "paired"
-            else "per-question throughput ratio, opt / baseline")
+            else "geometric mean of per-question throughput ratios, opt / baseline")
     ci = (f" (95% CI {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f}, Student-t over "
           f"{s['questions']} questions)") if s["ci95"] else ""
     return f"**speedup ({what}): {s['value']:.3f}x**{ci}"
