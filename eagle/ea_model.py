@@ -22,6 +22,7 @@ from .llama import (LlamaForCausalLM, attention_backend, causal_mask, resolve_at
                     stack_projections)
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
+from .threads import pick_cpu_threads
 from .tree.masks import get_mask_impl, require_available
 from .verify import Sampler
 
@@ -78,7 +79,8 @@ class EaModel(nn.Module):
                  cuda_graph: Optional[bool] = None, attention: str = "auto"):
         """`head=None`: a base model alone, for `naive_generate` (the baseline). `cuda_graph`:
         replay greedy decoding steps as CUDA graphs (default: on with CUDA; sampling runs
-        eager); `attention`: the SDPA backend ("auto": deterministic `efficient` on CUDA)."""
+        eager); `attention`: the SDPA backend ("auto": deterministic `efficient` on CUDA). A small
+        model on the CPU sets torch to one thread unless OMP_NUM_THREADS is set (`eagle.threads`)."""
         super().__init__()
         if head is not None and (head.args.target_hidden_size != base.args.hidden_size or
                                  head.args.vocab_size != base.args.vocab_size):
@@ -86,6 +88,7 @@ class EaModel(nn.Module):
                 f"draft head expects hidden {head.args.target_hidden_size} / vocab "
                 f"{head.args.vocab_size}, base has {base.args.hidden_size} / {base.args.vocab_size}")
         require_available(mask_impl, base.lm_head.weight.device)
+        pick_cpu_threads(base.lm_head.weight.device, base.args.hidden_size)
         if head is not None:
             base.set_aux_layers(aux_layer_inputs(base.args.num_hidden_layers,
                                                  head.args.aux_layer_ids))

@@ -216,7 +216,7 @@ def read_answers(path: Path) -> list[tuple[int, dict]]:
         if qid in seen:
             raise AnswerFileError(path, number, f"duplicate question_id {qid} (first on line {seen[qid]})")
         seen[qid] = number
-        if rows and obj["settings"] != rows[0][1]["settings"]:
+        if rows and settings_diff(rows[0][1]["settings"], obj["settings"]):
             key = settings_diff(rows[0][1]["settings"], obj["settings"])[0]
             raise AnswerFileError(path, number, f"settings differ from line {rows[0][0]} in {key!r}")
         rows.append((number, obj))
@@ -226,7 +226,9 @@ def read_answers(path: Path) -> list[tuple[int, dict]]:
 
 
 def settings_diff(a: dict, b: dict, ignore: frozenset = frozenset()) -> list[str]:
-    """Keys whose values differ (or that only one side has), sorted, except those in `ignore`."""
+    """Keys whose values differ (or that only one side has), sorted, except those in `ignore` and
+    the machine's state (`evaluation.machine`), which decides no output."""
+    ignore = ignore | {"machine"}
     return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 

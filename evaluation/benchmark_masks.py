@@ -274,6 +274,19 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def plain_log_ticks(ax, sizes: list[int]) -> None:
+    """Log axes labelled in plain numbers (60, 0.5), not 6x10^1: x at the measured tree sizes, y at
+    1, 2 and 5 times each power of ten."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
+
+
 def plot(report: dict, path: Path) -> None:
     """Log-log median time against total tokens, one line (p10-p90 band) per implementation;
     the PNG's Description metadata lists the plotted implementations."""
@@ -293,6 +306,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="total tokens (tree nodes incl. root)",
            ylabel="build time per tree, ms (median, p10-p90)",
            title=f"Tree mask + positions + retrieve indices on {report['device']['name']}")
+    plain_log_ticks(ax, sorted({r["total_tokens"] for r in report["results"]}))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

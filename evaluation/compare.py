@@ -1,4 +1,4 @@
-"""Compare two answer files: throughput, speedup with a bootstrap CI, acceptance, equivalence audit.
+"""Compare two answer files: throughput, speedup with a Student-t CI, acceptance, equivalence audit.
 
 Either side may be an EAGLE run or the baseline. Two files are comparable when they answer the same
 questions with the same number of choices and turns, under settings that differ only in the method /
@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 
 from .answers import AnswerFileError, drafts, read_answers, settings_diff
-from .paired import judgement, paired_speedup, resolvable_pct, unpaired_speedup
+from .machine import KEY, busy
+from .paired import MIN_QUESTIONS, Band, drift_allowance, judge, spread_pct, t_interval
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,14 @@ def check_comparable(base: Run, opt: Run) -> list[str]:
         if shape_a != shape_b:
             raise AnswerFileError(opt.path, line_b, f"question {qid} has turns per choice {shape_b}, "
                                   f"{base.path}:{line_a} has {shape_a}")
-    return _check_settings(base, opt)
+    return _check_settings(base, opt) + machine_warnings(base) + machine_warnings(opt)
+
+
+def machine_warnings(run: Run) -> list[str]:
+    """`machine.busy` at the start (first line's record) and the end (last line's) of a file."""
+    first, last = run.rows[0][1]["settings"], run.rows[-1][1]["settings"]
+    found = [busy(first.get(KEY), "start"), busy(last.get(KEY), "end")]
+    return [f"{run.path}: {w}" for w in found if w]
 
 
 def as_recorded_now(settings: dict) -> dict:
@@ -132,8 +140,21 @@ def _token_at(ids: list[int], pos: int) -> Optional[int]:
     return ids[pos] if pos < len(ids) else None
 
 
+def identity_not_expected(base: Run, opt: Run) -> Optional[str]:
+    """Why the two files need not agree token for token, or None where they must: greedy decoding,
+    or sampling by the same method with the same seed (the settings checks enforce the seed)."""
+    a, b = base.settings, opt.settings
+    if not a.get("temperature") or a.get("method") == b.get("method"):
+        return None
+    return (f"under sampling (temperature {a.get('temperature')}) {a.get('method')} and "
+            f"{b.get('method')} draw from different random streams (EAGLE spends draws on accepting "
+            f"or rejecting drafted tokens, plain decoding one per token), so their tokens are not "
+            f"expected to match")
+
+
 def audit(base: Run, opt: Run) -> dict:
-    """Per question, choice and turn: identical token ids? Where do they first diverge?"""
+    """Per question, choice and turn: identical token ids? Where do they first diverge? Whether
+    identity is required at all (`identity_not_expected`)."""
     b = opt.by_qid()
     turns, mismatches = 0, []
     for qid, (_, obj_a) in sorted(base.by_qid().items()):
@@ -144,7 +165,9 @@ def audit(base: Run, opt: Run) -> dict:
                 if pos is not None:
                     mismatches.append(Mismatch(qid, c, t + 1, pos, _token_at(x, pos), _token_at(y, pos),
                                                len(x), len(y)))
-    return {"turns": turns, "identical": turns - len(mismatches), "differing": len(mismatches),
+    why_not = identity_not_expected(base, opt)
+    return {"required": why_not is None, "why_not_required": why_not,
+            "turns": turns, "identical": turns - len(mismatches), "differing": len(mismatches),
             "questions_differing": len({m.question_id for m in mismatches}),
             "mismatches": [vars(m) for m in mismatches], "descriptions": [m.describe() for m in mismatches]}
 
@@ -201,18 +224,19 @@ def turn_log_ratios(obj_a: dict, obj_b: dict) -> list[float]:
     return out
 
 
-def speedup_of(base: Run, opt: Run, qids: list, paired: bool, resamples: int, seed: int) -> dict:
-    """The speedup over `qids`, paired turn by turn or from the totals."""
+def question_log_ratios(base: Run, opt: Run, qids: list, paired: bool) -> np.ndarray:
+    """[Q] per question: the mean of its turns' log throughput ratios (paired), or the log ratio of
+    its total throughputs (unpaired)."""
     a, b = base.by_qid(), opt.by_qid()
     if paired:
-        d = np.array([np.mean(turn_log_ratios(a[q][1], b[q][1])) for q in qids])  # [Q]
-        result = paired_speedup(d, resamples, seed)
-    else:
-        ta, tb = question_totals(base), question_totals(opt)
-        arrays = [np.array([tot[q][i] for q in qids], dtype=float) for tot in (ta, tb) for i in (1, 2)]
-        result = unpaired_speedup(*arrays, resamples, seed)
-    return {**result, "questions": len(qids), "judgement": judgement(result["ci95"]),
-            "resolvable_pct": resolvable_pct(result["ci95"])}
+        return np.array([np.mean(turn_log_ratios(a[q][1], b[q][1])) for q in qids])
+    ta, tb = question_totals(base), question_totals(opt)
+    return np.array([np.log((tb[q][1] / tb[q][2]) / (ta[q][1] / ta[q][2])) for q in qids])
+
+
+def speedup_of(base: Run, opt: Run, qids: list, paired: bool) -> dict:
+    """The speedup over `qids` (geometric mean of per-question ratios) and its Student-t CI."""
+    return {**t_interval(question_log_ratios(base, opt, qids, paired)), "questions": len(qids)}
 
 
 def pairing(base: Run, opt: Run) -> dict:
@@ -222,7 +246,8 @@ def pairing(base: Run, opt: Run) -> dict:
             "questions": len(base.rows)}
 
 
-def per_category(base: Run, opt: Run, qids: list, paired: bool, resamples: int, seed: int) -> list:
+def per_category(base: Run, opt: Run, qids: list, paired: bool) -> list:
+    """Per category: throughputs, speedup, and a CI where the category has MIN_QUESTIONS."""
     ta, tb = question_totals(base), question_totals(opt)
     groups = defaultdict(list)
     for qid in qids:
@@ -231,51 +256,84 @@ def per_category(base: Run, opt: Run, qids: list, paired: bool, resamples: int, 
     for cat, members in sorted(groups.items()):
         tps_a = sum(ta[q][1] for q in members) / sum(ta[q][2] for q in members)
         tps_b = sum(tb[q][1] for q in members) / sum(tb[q][2] for q in members)
-        s = speedup_of(base, opt, members, paired, resamples, seed)
+        s = speedup_of(base, opt, members, paired)
         rows.append({"category": cat, "questions": len(members), "baseline_tokens_per_s": tps_a,
-                     "opt_tokens_per_s": tps_b, "speedup": s["value"], "ci95": s["ci95"]})
+                     "opt_tokens_per_s": tps_b, "speedup": s["value"],
+                     "ci95": s["ci95"] if len(members) >= MIN_QUESTIONS else None})
     return rows
 
 
-def verdict_line(speedup: dict, paired: bool, audit_result: dict) -> str:
+def control_applies(pair: dict, control: Optional[dict]) -> bool:
+    """An A/A control judges an A/B of its kind (paired: within one process; unpaired: between
+    processes) when it has enough questions for an interval."""
+    return bool(control and control["ci95"] and control["questions"] >= MIN_QUESTIONS
+                and control["method"] == ("paired" if pair["paired"] else "unpaired"))
+
+
+def band_for(pair: dict, settings: dict, control: Optional[dict]) -> Band:
+    """What the A/B is judged against: the spread of the run's A/A control when one applies, else
+    nothing (paired: one process) or the drift allowance (unpaired)."""
+    if control_applies(pair, control):
+        return Band(spread_pct(control["ci95"]), "spread of this run's A/A control")
+    if pair["paired"]:
+        return Band(0.0, "")
+    return drift_allowance(settings.get("device"))
+
+
+def _resolution_text(speedup: dict, band: Band, paired: bool) -> str:
+    drift = "" if paired else "; process drift not controlled"
+    if speedup["resolvable_pct"] is None:
+        return f"smallest resolvable difference not computed below {MIN_QUESTIONS} questions{drift}"
+    parts = f" (CI half-width \u00b1{speedup['half_width_pct']:.1f}% + {band.source} " \
+            f"\u00b1{band.pct:.1f}%)" if band.source else ""
+    return f"smallest resolvable difference here \u00b1{speedup['resolvable_pct']:.1f}%{parts}{drift}"
+
+
+def _tokens_text(audit_result: dict) -> str:
+    counts = f"({audit_result['identical']}/{audit_result['turns']} turns identical)"
+    if not audit_result["required"]:
+        return f"token identity not expected {counts}"
+    return f"token ids {'identical' if audit_result['differing'] == 0 else 'DIFFER'} {counts}"
+
+
+def verdict_line(speedup: dict, paired: bool, band: Band, audit_result: dict) -> str:
     """One line: the judgement, the CI, paired or not, the resolution and the audit."""
     ci = speedup["ci95"]
     ci_text = f"95% CI {ci[0]:.3f}-{ci[1]:.3f}, " if ci else "no CI, "
-    resolution = (f"smallest resolvable difference here \u00b1{speedup['resolvable_pct']:.1f}%"
-                  if ci else "smallest resolvable difference unknown")
-    same = audit_result["differing"] == 0
-    tokens = (f"token ids {'identical' if same else 'DIFFER'} "
-              f"({audit_result['identical']}/{audit_result['turns']} turns identical)")
     return (f"verdict: {speedup['judgement']}: {speedup['value']:.3f}x ({ci_text}"
             f"{'paired' if paired else 'unpaired'}, {speedup['questions']} questions); "
-            f"{resolution}; {tokens}")
+            f"{_resolution_text(speedup, band, paired)}; {_tokens_text(audit_result)}")
 
 
-def estimate(base: Run, opt: Run, resamples: int, seed: int) -> tuple[dict, list, dict]:
+def estimate(base: Run, opt: Run) -> tuple[dict, list, dict]:
     """(pairing, the questions the speedup uses, the speedup): paired over the questions both
     files answered in one process when there are at least two, else unpaired over all."""
     pair = pairing(base, opt)
     qids = pair["paired_questions"] if pair["paired"] else sorted(base.by_qid())
-    return pair, qids, speedup_of(base, opt, qids, pair["paired"], resamples, seed)
+    return pair, qids, speedup_of(base, opt, qids, pair["paired"])
 
 
-def compare(base: Run, opt: Run, resamples: int = 2000, seed: int = 0) -> dict:
-    """The full comparison report (JSON-ready); `check_comparable` must have passed."""
+def compare(base: Run, opt: Run, control: Optional[dict] = None) -> dict:
+    """The full comparison report (JSON-ready); `check_comparable` must have passed. `control`:
+    `control_speedup` of an A/A pair from the same run, which the verdict is judged against."""
     ta, tb = question_totals(base), question_totals(opt)
-    pair, qids, speedup = estimate(base, opt, resamples, seed)
+    pair, qids, speedup = estimate(base, opt)
+    band = band_for(pair, base.settings, control)
+    speedup = {**speedup, **judge(speedup, len(qids), band), "band_pct": band.pct,
+               "band_source": band.source, "method": "paired" if pair["paired"] else "unpaired"}
     audit_result = audit(base, opt)
-    return {
+    report = {
         "baseline": side_summary(base, ta), "opt": side_summary(opt, tb), "pairing": pair,
-        "speedup": {**speedup, "bootstrap": resamples, "seed": seed,
-                    "method": "paired" if pair["paired"] else "unpaired"},
-        "categories": per_category(base, opt, qids, pair["paired"], resamples, seed),
-        "audit": audit_result,
-        "verdict": verdict_line(speedup, pair["paired"], audit_result),
+        "speedup": speedup, "categories": per_category(base, opt, qids, pair["paired"]),
+        "audit": audit_result, "verdict": verdict_line(speedup, pair["paired"], band, audit_result),
     }
+    if control:
+        report["control"] = {**control, "applied": control_applies(pair, control)}
+    return report
 
 
-def control_speedup(first: Run, second: Run, resamples: int = 2000, seed: int = 0) -> dict:
-    """The speedup between two runs of the same code: how large drift alone was."""
-    pair, _, s = estimate(first, second, resamples, seed)
+def control_speedup(first: Run, second: Run) -> dict:
+    """The speedup between two runs of the same code: how far the code differs from itself here."""
+    pair, qids, s = estimate(first, second)
     return {"files": [str(first.path), str(second.path)], "value": s["value"], "ci95": s["ci95"],
-            "method": "paired" if pair["paired"] else "unpaired"}
+            "questions": len(qids), "method": "paired" if pair["paired"] else "unpaired"}

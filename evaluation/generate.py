@@ -23,6 +23,7 @@ from eagle.config import TreeConfig
 from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
 
+from . import machine
 from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
@@ -140,7 +141,7 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
-        "code": code_identity(),
+        "code": code_identity(), machine.KEY: machine.capture(),
     }
 
 
@@ -202,7 +203,7 @@ class Answerer:
         line = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(),
                 "model_id": self.cfg.model_id, "tstamp": time.time(),
                 "category": question["category"], "choices": [t.out for t in talks],
-                "settings": self.settings}
+                "settings": machine.at_answer(self.settings)}
         if self.cfg.profile:
             line["profile"] = functools.reduce(ProfileReport.merge, [t.profile for t in talks]).to_dict()
         return line
@@ -259,14 +260,15 @@ def generate_answers(cfg: GenConfig) -> int:
     the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
     runtime = check_runtime(cfg)
+    machine.warn_if_busy("start")
     check_checkpoints(cfg)
     members = cfg.members()
     check_writable([m.cfg.answer_file for m in members])
     runner = Runner(members, [run_settings(m.cfg, runtime) for m in members])
     pending = runner.pending(questions)
-    log.info("%s: %d questions selected (cached: %d, remaining: %d)",
-             ", ".join(map(str, runner.files)), len(questions), len(questions) - len(pending),
-             len(pending))
+    log.info("%s: %d questions selected, %d already answered; %s", ", ".join(map(str, runner.files)),
+             len(questions), len(questions) - len(pending),
+             f"answering {len(pending)} with {', '.join(runner.labels)}" if pending else "nothing to run")
     if pending:
         tokenizer = load_tokenizer(cfg)
         check_tokenizer(tokenizer, cfg)
@@ -276,6 +278,7 @@ def generate_answers(cfg: GenConfig) -> int:
         except KeyboardInterrupt:
             raise Interrupted(runner.kept, runner.files) from None
     counts = [finish_file(seat.member, seat.settings) for seat in runner.seats]
+    machine.warn_if_busy("end")
     return counts[0]
 
 

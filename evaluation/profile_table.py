@@ -123,11 +123,16 @@ def _cell(p: Profile, section: str) -> str:
     return f"{p.ms[section]:.2f} ({p.pct(section):.1f}%)" if section in p.ms else "-"
 
 
+def present_rows(profiles: list[Profile]) -> list[tuple[str, str]]:
+    """The ROWS some run timed (eager CPU runs have no captured draft segment)."""
+    return [(key, label) for key, label in ROWS if any(key in p.ms for p in profiles)]
+
+
 def markdown_table(profiles: list[Profile]) -> str:
     lines = ["| section | " + " | ".join(p.label for p in profiles) + " |",
              "|---|" + "---:|" * len(profiles)]
     lines += [f"| {label} | " + " | ".join(_cell(p, key) for p in profiles) + " |"
-              for key, label in ROWS]
+              for key, label in present_rows(profiles)]
     lines.append("| **step total** | " + " | ".join(f"**{p.step_ms:.2f}**" for p in profiles) + " |")
     lines.append("| tree buffers (mask + retrieve) | " + " | ".join(
         f"{p.tree_buffers_ms:.2f} ({100 * p.tree_buffers_ms / p.step_ms:.1f}%)" for p in profiles) + " |")
@@ -157,7 +162,7 @@ def step_figure(profiles: list[Profile]):
     ax = fig.subplots()
     labels = [p.label for p in profiles]
     left = [0.0] * len(profiles)
-    for key, name in ROWS:
+    for key, name in present_rows(profiles):
         widths = [p.ms.get(key, 0.0) for p in profiles]
         ax.barh(labels, widths, left=left, label=name)
         left = [a + b for a, b in zip(left, widths)]

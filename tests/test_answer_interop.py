@@ -40,7 +40,7 @@ def files(tiny_ckpt, question_file, tmp_path_factory) -> dict:
 def report(files, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("report") / "speed.json"
     assert speed.main(["--baseline", str(files["baseline"]), "--opt", str(files["eagle"]),
-                       "--json", str(out), "--bootstrap", "0"]) == 0
+                       "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
 

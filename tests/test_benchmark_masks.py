@@ -46,3 +46,21 @@ def test_benchmark_refuses_triton_without_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(SystemExit, match="vectorized"):
         benchmark_masks.main(["--device", "cpu", "--impls", "triton"])
+
+
+def test_mask_plot_axes_read_as_plain_numbers():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.subplots()
+    sizes = [8, 60, 128, 1024]
+    ax.plot(sizes, [0.04, 0.3, 0.7, 9.0])
+    ax.set(xscale="log", yscale="log")
+    benchmark_masks.plain_log_ticks(ax, sizes)
+    FigureCanvasAgg(fig).draw()
+    x = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    y = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert x == ["8", "60", "128", "1024"]
+    assert "0.05" in y and "1" in y and "5" in y
+    assert all(float(label) > 0 for label in x + y)  # no 6x10^1, no mathtext

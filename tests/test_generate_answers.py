@@ -17,7 +17,7 @@ import torch
 
 from eagle.tree.masks import MASK_IMPLS
 from evaluation import profile_table, speed
-from evaluation.answers import answer_problem, iter_lines
+from evaluation.answers import answer_problem, iter_lines, settings_diff
 from evaluation.gen_cli import main as gen_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,8 @@ def test_answer_lines_follow_the_schema(rebuild_file):
         s = a["settings"]
         assert (s["method"], s["mask_impl"], s["dtype"], s["max_new_token"]) == \
             ("eagle", "rebuild", "float32", MAX_NEW)
+        assert set(s["machine"]) == {"cpu_count", "torch_threads", "omp_num_threads", "load_start",
+                                     "load_end"} and s["machine"]["torch_threads"] >= 1
         (choice,) = a["choices"]
         assert len(choice["turns"]) == 2 and all(isinstance(t, str) for t in choice["turns"])
         detail, flat = choice["detail"], list(choice["accept_lengths"])
@@ -112,7 +114,7 @@ def test_baseline_matches_eagle_in_float32(tiny_ckpt, question_file, answer_dir,
     for c in (c for a in base for c in a["choices"]):  # Spec-Bench's baseline: a step per token
         assert c["decoding_steps"] == c["new_tokens"] and c["idxs"] == [n - 1 for n in c["new_tokens"]]
         assert c["accept_lengths"] == [1] * sum(c["new_tokens"])
-    assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file), "--bootstrap", "0"]) == 0
+    assert speed.main(["--baseline", str(path), "--opt", str(rebuild_file)]) == 0
 
 
 def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_file, monkeypatch,
@@ -128,7 +130,7 @@ def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_f
                                           "--answer-file", str(with_path)]) == 0
     assert gen_main("baseline", common + ["--answer-file", str(without)]) == 0  # no head needed
     (a,), (b,) = rows(with_path), rows(without)
-    assert a["settings"] == b["settings"] and a["settings"]["draft_model"] is None
+    assert settings_diff(a["settings"], b["settings"]) == [] and a["settings"]["draft_model"] is None
     eagle_ids = rows(rebuild_file)[0]["choices"][0]["detail"]["token_ids"]  # float32: the same tokens
     assert a["choices"][0]["detail"]["token_ids"] == b["choices"][0]["detail"]["token_ids"] == eagle_ids
 
@@ -259,7 +261,7 @@ def test_killed_and_restarted_generation_has_one_answer_per_question(tiny_ckpt, 
     assert all(answer_problem(a) is None for a in answers)
     kept = {a["question_id"]: a["answer_id"] for a in survivors}
     assert all(a["answer_id"] == kept[a["question_id"]] for a in answers if a["question_id"] in kept)
-    assert f"cached: {len(survivors)}, remaining: {6 - len(survivors)}" in caplog.text
+    assert f"{len(survivors)} already answered; answering {6 - len(survivors)} with rebuild" in caplog.text
     assert "dropping an incomplete last line" in caplog.text
 
 

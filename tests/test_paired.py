@@ -13,7 +13,7 @@ import pytest
 
 from evaluation import profile_table, speed
 from evaluation.answers import add_turn, new_choice
-from evaluation.paired import judgement, paired_speedup, resolvable_pct
+from evaluation.paired import CPU_DRIFT_ALLOWANCE_PCT, MIN_QUESTIONS, Band, judge, t_interval
 
 SETTINGS = {"method": "eagle", "mask_impl": "rebuild", "dtype": "float32", "max_new_token": 8,
             "device_name": "cpu", "code": {"version": "0.1", "fingerprint": "abc123"}}
@@ -38,15 +38,16 @@ def write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def drifting_pair(tmp_path: Path, ratio: float, interleaved: bool, questions: int = 12, seed: int = 0):
+def drifting_pair(tmp_path: Path, ratio: float, interleaved: bool, questions: int = 12, seed: int = 0,
+                  later: float = 1.5):
     """Files a and b, b `ratio` times as fast. Interleaved: both members of a turn see the same
     machine speed, which drifts threefold over the run; separate: b ran later, on a machine that
-    had become 1.5x slower. Each turn also gets 2% of independent noise."""
+    had become `later` times slower. Each turn also gets 2% of independent noise."""
     rng = np.random.default_rng(seed)
     a_rows, b_rows = [], []
     for q in range(questions):
         machine = 1.0 + 2.0 * q / questions if interleaved else 1.0
-        later = 1.0 if interleaved else 1.5
+        later = 1.0 if interleaved else later
         noise = rng.normal(1.0, 0.02, size=(2, 2))
         run_id = "run-1" if interleaved else None
         a_rows.append(line(q, [0.1 * machine * n for n in noise[0]], "a", run_id))
@@ -82,18 +83,42 @@ def test_interleaved_speedup_is_resolved_despite_drift(tmp_path, capsys):
     assert ", paired, 12 questions); " in last
     assert "smallest resolvable difference here \u00b1" in last
     assert last.endswith("token ids identical (24/24 turns identical)")
-    assert all(c["ci95"] for c in report["categories"])
+    assert [c["questions"] for c in report["categories"]] == [4, 4, 4]
+    assert all(c["ci95"] is None for c in report["categories"])  # fewer than MIN_QUESTIONS each
 
 
 def test_separate_processes_are_unpaired_with_the_drift_warning(tmp_path, capsys):
-    a, b = drifting_pair(tmp_path, ratio=1.0, interleaved=False)
+    a, b = drifting_pair(tmp_path, ratio=1.0, interleaved=False, later=1.2)  # A/A, drift 20%
     rc, report = run(a, b, tmp_path)
     out = capsys.readouterr().out
     assert rc == 0 and report["speedup"]["method"] == "unpaired"
     assert out.splitlines()[2].startswith("**Unpaired: these files come from separate processes.**")
     assert "Drift between the two runs" in out and "is not controlled" in out
-    assert report["speedup"]["judgement"] == "slower"  # the drift, not the code: A/A
-    assert "unpaired, 12 questions" in out.splitlines()[-1]
+    lo, hi = report["speedup"]["ci95"]
+    assert hi < 1.0  # the CI alone would call the drift "slower"; the allowance does not
+    assert report["speedup"]["judgement"] == "no difference resolved"
+    last = out.splitlines()[-1]
+    assert "unpaired, 12 questions" in last and "process drift not controlled" in last
+    assert f"CPU process-drift allowance \u00b1{CPU_DRIFT_ALLOWANCE_PCT:.1f}%" in last
+
+
+def test_separate_processes_get_a_verdict_beyond_the_allowance(tmp_path, capsys):
+    a, b = drifting_pair(tmp_path, ratio=8.0, interleaved=False, later=1.0)
+    rc, report = run(a, b, tmp_path)
+    assert rc == 0 and report["speedup"]["judgement"] == "faster"
+    resolvable = report["speedup"]["resolvable_pct"]
+    assert CPU_DRIFT_ALLOWANCE_PCT < resolvable < 100 * (report["speedup"]["value"] - 1)
+    assert f"smallest resolvable difference here \u00b1{resolvable:.1f}%" in capsys.readouterr().out
+
+
+def test_too_few_questions_get_no_verdict(tmp_path, capsys):
+    a, b = drifting_pair(tmp_path, ratio=1.5, interleaved=True, questions=MIN_QUESTIONS - 1)
+    rc, report = run(a, b, tmp_path)
+    assert rc == 0 and report["speedup"]["ci95"][0] > 1.0  # the interval alone would say faster
+    assert report["speedup"]["judgement"] == "too few questions for a verdict (fewer than 6)"
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("verdict: too few questions for a verdict (fewer than 6): 1.4")
+    assert "smallest resolvable difference not computed below 6 questions" in last
 
 
 def test_only_questions_of_one_run_are_paired(tmp_path, capsys):
@@ -108,21 +133,26 @@ def test_only_questions_of_one_run_are_paired(tmp_path, capsys):
     assert "3 questions answered in separate processes are left out" in capsys.readouterr().out
 
 
-def test_paired_estimate_by_hand():
-    d = np.log([1.1, 1.3, 1.2])
-    s = paired_speedup(d, resamples=4000, seed=1)
+def test_t_interval_and_verdict_by_hand():
+    d = np.log([1.1, 1.3, 1.2, 1.25, 1.15, 1.2])
+    s = t_interval(d)
+    half = 2.5706 * d.std(ddof=1) / math.sqrt(6)  # t(0.975, 5 degrees of freedom)
     assert s["value"] == pytest.approx(math.exp(d.mean()))
-    assert np.exp(d.min()) <= s["ci95"][0] < s["value"] < s["ci95"][1] <= np.exp(d.max())
-    assert paired_speedup(d[:1], 100, 0)["ci95"] is None  # one question: no interval
-    assert resolvable_pct([0.9, 1.1]) == pytest.approx(100 * (math.sqrt(1.1 / 0.9) - 1))
-    assert [judgement(ci) for ci in ([1.01, 1.2], [0.8, 0.99], [0.9, 1.1])] == \
-        ["faster", "slower", "no difference resolved"]
+    assert s["ci95"] == pytest.approx([math.exp(d.mean() - half), math.exp(d.mean() + half)], rel=1e-4)
+    assert s["half_width_pct"] == pytest.approx(100 * (math.exp(half) - 1), rel=1e-3)
+    assert t_interval(d[:1])["ci95"] is None  # one question: no interval
+    assert judge(s, 6, Band(0.0, ""))["judgement"] == "faster"
+    assert judge(s, 6, Band(0.0, ""))["resolvable_pct"] == pytest.approx(s["half_width_pct"])
+    assert judge(s, 6, Band(15.0, "x"))["judgement"] == "no difference resolved"  # inside the band
+    assert judge({**s, "value": 1 / s["value"]}, 6, Band(0.0, ""))["judgement"] == "slower"
+    assert judge(s, 5, Band(0.0, ""))["judgement"].startswith("too few questions for a verdict")
 
 
 def test_report_states_definitions_and_fingerprints(tmp_path, capsys):
     a, b = drifting_pair(tmp_path, ratio=1.0, interleaved=True)
     run(a, b, tmp_path)
     out = capsys.readouterr().out
+    assert out.startswith("# Speed: a vs b (baseline vs opt)\n")  # the order of speed-a-vs-b.md
     assert f"- baseline: `{a}` (code abc123)" in out and f"- opt: `{b}` (code abc123)" in out
     assert "new tokens per step: new tokens / decoding steps as the answer file counts them" in out
     assert "accepted draft tokens + the bonus token per decoding step" in out
@@ -163,8 +193,9 @@ def test_profile_table_unwritable_outputs_exit_2(tmp_path, caplog, flag, name, w
 def test_speedup_plot_draws_the_cis_as_error_bars(tmp_path):
     from evaluation.compare import Run, compare
 
-    a, b = drifting_pair(tmp_path, ratio=1.2, interleaved=True)
-    report = compare(Run.load(a), Run.load(b), resamples=500)
+    a, b = drifting_pair(tmp_path, ratio=1.2, interleaved=True, questions=3 * MIN_QUESTIONS)
+    report = compare(Run.load(a), Run.load(b))
+    assert all(c["ci95"] for c in report["categories"])
     fig = speed.category_figure(report)
     (bars,) = [c for c in fig.axes[0].containers if getattr(c, "errorbar", None) is not None]
     segments = bars.errorbar.lines[2][0].get_segments()  # one vertical segment per category
@@ -205,5 +236,8 @@ def test_a_control_pair_tells_how_large_drift_was(tmp_path, capsys):
     assert rc == 0 and report["control"]["method"] == "unpaired"
     assert report["control"]["value"] == pytest.approx(1 / 1.5, rel=0.02)
     out = capsys.readouterr().out
-    assert f"Control pair, the same code twice (unpaired; `{a}` vs `{b}`): 0.6" in out
-    assert "is drift, not code" in out
+    assert f"Control pair, the same code twice (unpaired, 12 questions; `{a}` vs `{b}`): 0.6" in out
+    assert "the verdict is judged against it" in out
+    assert report["speedup"]["band_source"] == "spread of this run's A/A control"
+    assert report["speedup"]["band_pct"] > 50  # the control drifted 1.5x: 1.1x is within it
+    assert report["speedup"]["judgement"] == "no difference resolved"

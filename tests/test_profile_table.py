@@ -56,6 +56,7 @@ def test_table_reports_ms_share_and_projection(two_runs, capsys):
     # rebuild's step with triton's 0.5 ms of tree buffers instead of 2.5 ms: 40 / 38
     assert rows["speedup from tree buffers alone (vs rebuild)"] == ["1.000x", f"{40 / 38:.3f}x"]
     assert rows["steps"] == ["10", "10"]
+    assert "draft forwards + selection (captured)" not in rows  # no run timed it: no empty row
 
 
 def test_outputs_written(two_runs, tmp_path):

@@ -82,12 +82,14 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
     for name in ("rebuild-vs-rebuild-repeat", "baseline-vs-baseline-repeat"):  # float32: identical
         report = json.loads((tmp_path / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 4
-    assert "control: rebuild and the baseline once more" in done.stderr
+    assert "control: rebuild twice and the baseline once more" in done.stderr
     control = json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["control"]
-    assert [Path(f).name for f in control["files"]] == ["tiny-rebuild.jsonl", "tiny-rebuild-repeat.jsonl"]
+    assert [Path(f).name for f in control["files"]] == ["tiny-rebuild-repeat.jsonl",
+                                                       "tiny-rebuild-2-repeat.jsonl"]
+    assert control["method"] == "paired" and not control["applied"]  # 2 questions: too few
     repeat = json.loads((tmp_path / "tiny-rebuild-repeat.jsonl").read_text().splitlines()[0])
     first = json.loads((tmp_path / "tiny-rebuild.jsonl").read_text().splitlines()[0])
-    assert repeat["interleave"]["members"] == ["rebuild", "baseline"]
+    assert repeat["interleave"]["members"] == ["rebuild", "rebuild-2", "baseline"]
     assert repeat["interleave"]["run_id"] != first["interleave"]["run_id"]  # a second process
 
 
@@ -118,3 +120,28 @@ def test_settings_are_refused_before_anything_is_built(tmp_path):
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
         assert "settings refused" in done.stderr and "Traceback" not in done.stderr
         assert not tiny.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_sampling_run_ends_green_and_explains(tiny_ckpt, tmp_path):
+    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "TEMPERATURE": "0.7",
+                       "QUESTION_END": "3", "MAX_NEW_TOKEN": "16"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "baseline-vs-rebuild: token identity not expected" in done.stderr
+    assert "plain decoding and EAGLE draw from different random streams" in done.stderr
+    report = json.loads((tmp_path / "speed-baseline-vs-rebuild.json").read_text())
+    assert not report["audit"]["required"]
+    assert json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["audit"]["required"]
+    assert "Compared instead: new tokens per turn" in (tmp_path / "speed-baseline-vs-rebuild.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_setting_names_out_dir(tiny_ckpt, tmp_path):
+    first = {"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "QUESTION_END": "1",
+             "MAX_NEW_TOKEN": "4"}
+    assert run_script(first, timeout=300).returncode == 0
+    done = run_script({**first, "MAX_NEW_TOKEN": "5"}, timeout=300)
+    assert done.returncode == 2
+    assert "cannot resume: written with different settings ('max_new_token'" in done.stderr
+    assert f"OUT_DIR ({tmp_path}) holds answers written with other settings (see above): delete " \
+           f"it, or set OUT_DIR to another folder" in done.stderr
