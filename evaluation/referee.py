@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_REAL, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_QUESTIONS = Path("data") / "mt_bench" / "question.jsonl"
+TABLE_HEADER = ["| question | choice | turn | position | A token | B token | top-2 gap | margin | class |",
+                "|---:|---:|---:|---:|---|---|---:|---:|---|"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +113,7 @@ def _side(div, tokenizer, s: int) -> str:
 
 def render(divs: list, tokenizer, counts: Counter, verdict: str) -> str:
     """The Markdown report: one row per divergent turn, the summary line, the verdict last."""
-    lines = ["| question | choice | turn | position | A token | B token | top-2 gap | margin | class |",
-             "|---:|---:|---:|---:|---|---|---:|---:|---|", ""][0 if divs else 2:]
+    lines = TABLE_HEADER[:] if divs else []
     for d in divs:
         gap = "n/a" if d.top2_gap is None else f"{d.top2_gap:.3g}"
         margin = "n/a" if d.margin is None else f"{d.margin:.3g}"
@@ -120,7 +121,8 @@ def render(divs: list, tokenizer, counts: Counter, verdict: str) -> str:
         cells = [str(d.question_id), str(d.choice), str(d.turn), str(d.position),
                  _side(d, tokenizer, 0), _side(d, tokenizer, 1), gap, margin, klass]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines + ["", summary_line(counts), "", verdict]) + "\n"
+    lines += [""] if divs else []
+    return "\n".join(lines + [summary_line(counts), "", verdict]) + "\n"
 
 
 def summary_line(counts: Counter) -> str:

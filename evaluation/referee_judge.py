@@ -66,7 +66,7 @@ def check_alike(path_a: Path, rows_a: dict, path_b: Path, rows_b: dict) -> None:
     """Refuse two files of unlike runs (model, tokenizer, chat template, precision, decoding rule)
     or of different questions; rows: question id -> answer."""
     sa, sb = next(iter(rows_a.values()))["settings"], next(iter(rows_b.values()))["settings"]
-    keys = SAME_SETTINGS + (("seed",) if sa.get("preset") or sa.get("temperature") else ())
+    keys = SAME_SETTINGS + (("seed",) if sa.get("preset") else ())  # a preset's weights
     for key in keys:
         if sa.get(key) != sb.get(key):
             raise RefereeError(
