@@ -192,10 +192,16 @@ def judge_all(args: argparse.Namespace, divs: list, settings: dict) -> dict:
     base = args.base_model_path or settings["base_model"]
     seed = settings.get("seed", 0) if args.seed is None else args.seed
     if todo:
-        model = load_reference(base, getattr(torch, settings["dtype"]), dtype, device, seed)
+        model = load_reference(base, getattr(torch, settings["dtype"]), dtype, device, seed,
+                               settings.get("device", "cpu"))
         for div, logits in zip(todo, next_token_logits(model, [d.prefix for d in todo],
                                                        args.batch_tokens)):
             judge(div, logits, settings["dtype"], ulps)
+    both = [d for d in todo if len(d.departed) == 2]
+    if both:
+        log.warning("in %d divergences (first: question %d turn %d) neither side chose a token near "
+                    "the reference's argmax: is the reference the model the runs used (base model, "
+                    "a preset's seed, the tokenizer)?", len(both), both[0].question_id, both[0].turn)
     return {"base_model": base, "seed": seed, "device": str(device),
             "dtype": str(dtype).removeprefix("torch."), "ulps": ulps, "runs_dtype": settings["dtype"]}
 

@@ -44,10 +44,11 @@ def referee_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_reference(base: str, run_dtype: torch.dtype, dtype: torch.dtype, device: torch.device,
-                   seed: int):
-    """transformers' LlamaForCausalLM with the runs' weights (`run_dtype`), cast to `dtype`."""
+                   seed: int, drawn_on: str = "cpu"):
+    """transformers' LlamaForCausalLM with the runs' weights (`run_dtype`), cast to `dtype`;
+    `drawn_on`: the device type the runs drew a preset's random weights on (they differ by device)."""
     if base.startswith(PRESET_PREFIX):
-        return _preset_reference(base[len(PRESET_PREFIX):], run_dtype, dtype, device, seed)
+        return _preset_reference(base[len(PRESET_PREFIX):], run_dtype, dtype, device, seed, drawn_on)
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(base, dtype=run_dtype)
@@ -57,20 +58,32 @@ def load_reference(base: str, run_dtype: torch.dtype, dtype: torch.dtype, device
 
 
 def _preset_reference(preset: str, run_dtype: torch.dtype, dtype: torch.dtype,
-                      device: torch.device, seed: int):
+                      device: torch.device, seed: int, drawn_on: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from eagle.presets import build_random
+    from eagle.presets import PRESETS, build_random
 
-    base, _ = build_random(preset, run_dtype, device, seed, draft=False)
-    config = LlamaConfig(**base.args.to_hf_dict())
+    from .referee_judge import RefereeError
+
+    draw = device if device.type == drawn_on else torch.device(drawn_on)
+    if drawn_on == "cuda" and not torch.cuda.is_available():
+        raise RefereeError(f"the runs drew the preset's random weights on {drawn_on}; the same "
+                           f"weights can only be drawn there: run the referee on a {drawn_on} "
+                           f"machine")
+    ours = build_random(preset, run_dtype, draw, seed, draft=False)[0].state_dict()
+    config = LlamaConfig(**PRESETS[preset][0].to_hf_dict())
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)
-    state = {k: v.to(dtype) for k, v in base.state_dict().items()}
-    del base
-    model.load_state_dict(state, strict=True)
-    log.info("reference: preset %s seed %d (its weights as drawn in %s, in transformers' Llama, "
-             "computing in %s on %s)", preset, seed, _name(run_dtype), _name(dtype), device)
+    theirs = model.state_dict()
+    if set(ours) != set(theirs):
+        raise RefereeError(f"preset {preset}: tensors {sorted(set(ours) ^ set(theirs))[:3]} do not "
+                           f"map onto transformers' Llama")
+    with torch.no_grad():
+        for name, tensor in theirs.items():
+            tensor.copy_(ours.pop(name))  # cast up exactly, one tensor at a time
+    log.info("reference: preset %s seed %d (its weights as drawn on %s in %s, in transformers' "
+             "Llama, computing in %s on %s)", preset, seed, drawn_on, _name(run_dtype),
+             _name(dtype), device)
     return model.eval()
 
 
