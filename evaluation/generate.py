@@ -176,7 +176,8 @@ class Answerer:
         self.tokenizer = model.tokenizer
 
     def _prompt_ids(self, messages: list[dict]) -> torch.Tensor:
-        return torch.tensor([chat_prompt_ids(self.tokenizer, messages)], device=self.model.device)  # [1, n]
+        ids = chat_prompt_ids(self.tokenizer, messages)
+        return torch.tensor([ids], device=self.model.device)  # [1, n]
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":

@@ -47,6 +47,8 @@ def load_reference(base: str, run_dtype: torch.dtype, dtype: torch.dtype, device
                    seed: int, drawn_on: str = "cpu"):
     """transformers' LlamaForCausalLM with the runs' weights (`run_dtype`), cast to `dtype`;
     `drawn_on`: the device type the runs drew a preset's random weights on (they differ by device)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 keeps 10 bits: a float16's rounding
     if base.startswith(PRESET_PREFIX):
         return _preset_reference(base[len(PRESET_PREFIX):], run_dtype, dtype, device, seed, drawn_on)
     from transformers import LlamaForCausalLM

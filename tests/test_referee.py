@@ -2,8 +2,12 @@
 difference, the right side named), a constructed near-tie, sampling runs, unlike or missing inputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +20,15 @@ from evaluation.referee_judge import FOLLOWS, NEAR_TIE, REAL, tie_margin, ulp
 from evaluation.referee_model import batches, load_reference, next_token_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
 
 
-def generate(ckpt: Path, question_file: Path, out: Path, *extra: str) -> dict:
-    """Baseline and EAGLE (rebuild) answers to questions 81-82, interleaved in one process."""
+def generate(ckpt: Path, question_file: Path, out: Path, *extra: str, questions=("0", "2")) -> dict:
+    """Baseline and EAGLE (rebuild) answers (questions 81-82 by default), interleaved in one process."""
     argv = ["--base-model-path", str(ckpt / "base"), "--ea-model-path", str(ckpt / "draft"),
             "--question-file", str(question_file), "--answer-file", str(out / "{impl}.jsonl"),
-            "--question-end", "2", "--max-new-token", "8", "--device", "cpu", "--warmup", "0",
-            "--mask-impl", "rebuild", "--with-baseline", *extra]
+            "--question-begin", questions[0], "--question-end", questions[1], "--max-new-token", "8",
+            "--device", "cpu", "--warmup", "0", "--mask-impl", "rebuild", "--with-baseline", *extra]
     assert gen_main("eagle", argv) == 0
     return {label: out / f"{label}.jsonl" for label in ("baseline", "rebuild")}
 
@@ -195,3 +200,55 @@ def test_ulp_is_the_spacing_of_the_runs_dtype():
     assert ulp("float16", 5.0) == 2.0 ** -8 and ulp("float16", 8.0) == 2.0 ** -7
     assert ulp("bfloat16", 1.5) == 2.0 ** -7 and ulp("float32", 12.0) == 2.0 ** -20
     assert (torch.tensor(9.0, dtype=torch.float16) + ulp("float16", 9.0)).item() == 9.0 + 2 ** -7
+
+
+def test_preset_reference_holds_the_weights_the_run_drew(tiny_ckpt, question_file, tmp_path,
+                                                         monkeypatch):
+    """A preset run judged with the preset's weights (seed 3, drawn in float32 on the CPU): the
+    run's greedy token is the reference's argmax where a substituted token departs."""
+    from eagle.presets import PRESETS
+
+    base, draft = PRESETS["tiny"]
+    wide = dataclasses.replace(base, vocab_size=1040), dataclasses.replace(draft, vocab_size=1040)
+    monkeypatch.setitem(PRESETS, "tiny-1040", wide)  # the tiny tokenizer's 1040 ids fit
+    path = tmp_path / "preset.jsonl"
+    argv = ["--base-model-path", "preset:tiny-1040", "--ea-model-path", "preset",
+            "--tokenizer-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
+            "--answer-file", str(path), "--question-end", "1", "--max-new-token", "6", "--seed", "3",
+            "--device", "cpu", "--warmup", "0"]
+    assert gen_main("eagle", argv) == 0
+    ids = lines(path)[0]["choices"][0]["detail"]["token_ids"][1]
+    changed = substitute(path, tmp_path / "b.jsonl", 81, 2, 4, (ids[4] + 1) % 1040)
+    code, report = judge(path, changed, tmp_path, question_file)
+    (div,) = report["divergences"]
+    assert (code, div["class"], div["departed"], div["top"]) == (1, REAL, ["B"], ids[4])
+    assert report["referee"]["base_model"] == "preset:tiny-1040" and report["referee"]["seed"] == 3
+
+
+@pytest.mark.slow
+def test_float16_divergences_of_baseline_and_eagle_are_near_ties(tiny_ckpt, question_file, tmp_path):
+    """Question 85 in float16 on the CPU, where plain decoding and EAGLE's tree verify round the two
+    best logits of one position apart (on this 2-core CPU); whatever the CPU's float16 kernels
+    do, every divergence they make must be a near-tie."""
+    files = generate(tiny_ckpt, question_file, tmp_path, "--dtype", "float16", "--max-new-token",
+                     "16", questions=("4", "5"))
+    code, report = judge(files["baseline"], files["rebuild"], tmp_path, question_file)
+    assert code == 0 and report["referee"]["runs_dtype"] == "float16"
+    assert all(d["class"] == NEAR_TIE and 1 in d["ranks"] for d in report["divergences"])
+
+
+@pytest.mark.slow
+def test_run_script_ends_with_the_referee_verdict_on_a_reduced_precision_pair(tiny_ckpt, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("BASE_MODEL_PATH", "EA_MODEL_PATH",
+                                                            "TOKENIZER_PATH", "MASK_IMPLS", "REPEAT")}
+    env.update(TINY_DIR=str(tiny_ckpt), OUT_DIR=str(tmp_path), DTYPE="float16", DEVICE="cpu",
+               QUESTION_BEGIN="4", QUESTION_END="5", MAX_NEW_TOKEN="16", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(REPO / "scripts" / "run_mt_bench.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    last = done.stdout.strip().splitlines()[-1]
+    if "token ids DIFFER" in done.stdout:  # this CPU's float16 kernels parted the pair
+        assert last == "baseline-vs-rebuild: referee: outputs differ only at near-ties (float rounding)"
+        assert (tmp_path / "referee-baseline-vs-rebuild.json").is_file()
+    else:
+        assert last.startswith("baseline-vs-rebuild: verdict:")
