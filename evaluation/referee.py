@@ -35,6 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from .referee_judge import DEFAULT_ULPS, FOLLOWS, NEAR_TIE, REAL, RefereeError
+
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_REAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -69,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", metavar="DEV", help="cpu, cuda, cuda:N (default: auto)")
     r.add_argument("--dtype", default="auto", choices=("auto", "float64", "float32"),
                    help="the referee's precision (default: float64 on the CPU, float32 on CUDA)")
-    r.add_argument("--ulps", type=float, default=None, metavar="N",
-                   help="near-tie margin in ulps of the runs' dtype at the logit scale (default: 8)")
+    r.add_argument("--ulps", type=float, default=DEFAULT_ULPS, metavar="N",
+                   help=f"near-tie margin in ulps of the runs' dtype at the logit scale "
+                        f"(default: {DEFAULT_ULPS:g})")
     r.add_argument("--batch-tokens", type=int, default=16384, metavar="N",
                    help="padded tokens per forward batch (default: 16384)")
     r.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_inputs(args: argparse.Namespace):
     """(rows A, rows B, settings, questions); rows: question id -> answer. Raises on bad input."""
     from .answers import iter_lines, read_answers
-    from .referee_judge import RefereeError, check_alike
+    from .referee_judge import check_alike
 
     rows_a = {obj["question_id"]: obj for _, obj in read_answers(args.a)}
     rows_b = {obj["question_id"]: obj for _, obj in read_answers(args.b)}
@@ -126,8 +129,6 @@ def render(divs: list, tokenizer, counts: Counter, verdict: str) -> str:
 
 
 def summary_line(counts: Counter) -> str:
-    from .referee_judge import FOLLOWS, NEAR_TIE, REAL
-
     total = sum(counts.values())
     line = f"{total} divergences: {counts[NEAR_TIE]} near-ties, {counts[REAL]} real"
     if counts[FOLLOWS]:
@@ -136,8 +137,6 @@ def summary_line(counts: Counter) -> str:
 
 
 def verdict_line(divs: list) -> str:
-    from .referee_judge import REAL
-
     real = [d for d in divs if d.klass == REAL]
     if not divs:
         return "referee: no divergences, token ids identical"
@@ -159,7 +158,6 @@ def check_sources(args: argparse.Namespace, settings: dict) -> None:
     """The base model and tokenizer exist here; a base other than the recorded one is named."""
     from eagle.presets import PRESETS
 
-    from .referee_judge import RefereeError
     from .referee_model import PRESET_PREFIX
 
     base = args.base_model_path or settings["base_model"]
@@ -180,14 +178,14 @@ def check_sources(args: argparse.Namespace, settings: dict) -> None:
 
 def judge_all(args: argparse.Namespace, divs: list, settings: dict) -> dict:
     """Run the reference over every judgeable divergence; the referee's settings."""
-    from .referee_judge import DEFAULT_ULPS, judge
+    from .referee_judge import judge
     from .referee_model import load_reference, next_token_logits, referee_dtype, resolve_device
 
     import torch
 
     device = resolve_device(args.device)
     dtype = referee_dtype(args.dtype, device)
-    ulps = DEFAULT_ULPS if args.ulps is None else args.ulps
+    ulps = args.ulps
     todo = [d for d in divs if d.prefix is not None]
     base = args.base_model_path or settings["base_model"]
     seed = settings.get("seed", 0) if args.seed is None else args.seed
@@ -210,7 +208,7 @@ def referee(args: argparse.Namespace) -> int:
     """Load, judge, report; raises on bad input."""
     from transformers import AutoTokenizer
 
-    from .referee_judge import REAL, find_divergences, sampling_note
+    from .referee_judge import find_divergences, sampling_note
 
     rows_a, rows_b, settings, questions = load_inputs(args)
     report = {"files": [str(args.a), str(args.b)]}
@@ -244,7 +242,7 @@ def write_report(args: argparse.Namespace, report: dict) -> None:
 def check_args(args: argparse.Namespace) -> Optional[str]:
     from .output_paths import output_clash
 
-    if args.ulps is not None and not args.ulps > 0:
+    if not args.ulps > 0:
         return f"--ulps must be > 0, got {args.ulps}"
     if args.batch_tokens < 1:
         return f"--batch-tokens must be >= 1, got {args.batch_tokens}"
@@ -260,7 +258,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_BAD_INPUT
     from .answers import AnswerFileError
     from .output_paths import OutputError
-    from .referee_judge import RefereeError
 
     try:
         return referee(args)

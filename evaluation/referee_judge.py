@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch loads only when a model is judged: --help stays instant
+    from torch import Tensor
 
 NEAR_TIE, REAL, FOLLOWS = "near-tie", "not a tie", "follows an earlier divergence"
 SIDES = ("A", "B")

@@ -252,3 +252,10 @@ def test_run_script_ends_with_the_referee_verdict_on_a_reduced_precision_pair(ti
         assert (tmp_path / "referee-baseline-vs-rebuild.json").is_file()
     else:
         assert last.startswith("baseline-vs-rebuild: verdict:")
+
+
+def test_help_imports_no_torch():
+    code = "import sys; from evaluation import referee; referee.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
