@@ -65,12 +65,8 @@ def check_lengths(tokenizer, cfg: GenConfig, questions: list[dict]) -> None:
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k).step_slots if cfg.drafts else 0
     for question in questions:
         turns = question["turns"]
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        for turn in turns[:-1]:
-            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": ""}]
-        messages.append({"role": "user", "content": turns[-1]})
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        need = (len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        messages = chat_messages(turns, [""] * (len(turns) - 1))
+        need = (len(chat_prompt_ids(tokenizer, messages))
                 + len(turns) * cfg.max_new_token + tree)
         if need > cfg.max_length:
             raise GenError(f"question {question['question_id']} may need {need} positions (prompts, "
@@ -158,6 +154,21 @@ def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:
     return tokenizer.decode(known, skip_special_tokens=True, spaces_between_special_tokens=False).strip()
 
 
+def chat_messages(user_turns: list[str], replies: list[str]) -> list[dict]:
+    """The chat of a turn: the system prompt, each earlier user turn and its reply (the answer's
+    text), then this turn's user message (`user_turns` ends with it)."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for user, reply in zip(user_turns[:-1], replies):
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return messages + [{"role": "user", "content": user_turns[-1]}]
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The ids a turn's generation starts from: the chat template with the assistant header."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(prompt, add_special_tokens=False).input_ids
+
+
 class Answerer:
     """Answers questions with one loaded model: chat prompts, timed generation, per-turn statistics."""
 
@@ -166,9 +177,8 @@ class Answerer:
         self.tokenizer = model.tokenizer
 
     def _prompt_ids(self, messages: list[dict]) -> torch.Tensor:
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer([prompt], add_special_tokens=False).input_ids
-        return torch.tensor(ids, device=self.model.device)  # [1, n]
+        ids = chat_prompt_ids(self.tokenizer, messages)
+        return torch.tensor([ids], device=self.model.device)  # [1, n]
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":
@@ -222,16 +232,18 @@ class Conversation:
 
     def __init__(self, answerer: Answerer, index: int):
         self.answerer, self.index = answerer, index
-        self.messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        self.users: list[str] = []  # the user turns so far
+        self.replies: list[str] = []  # the answer's text of each earlier turn
         self.out = new_choice(index)
         self.profile: Optional[ProfileReport] = None
 
     def turn(self, user_turn: str) -> None:
         a = self.answerer
-        self.messages.append({"role": "user", "content": user_turn})
-        result, seconds = a._generate(a._prompt_ids(self.messages), a.cfg.seed + self.index)
+        self.users.append(user_turn)
+        messages = chat_messages(self.users, self.replies)
+        result, seconds = a._generate(a._prompt_ids(messages), a.cfg.seed + self.index)
         text = answer_text(a.tokenizer, result.new_token_ids, a.model.stop_ids)
-        self.messages.append({"role": "assistant", "content": text})
+        self.replies.append(text)
         add_turn(self.out, text, result.new_token_ids, result.accept_lengths, seconds, a.cfg.drafts)
         if result.profile is not None:
             self.profile = result.profile if self.profile is None else self.profile.merge(result.profile)

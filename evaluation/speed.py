@@ -280,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
         log.log(logging.WARNING if args.allow_mismatch else logging.ERROR,
                 "%d of %d turns differ; first: %s", differing, report["audit"]["turns"],
                 report["audit"]["descriptions"][0])
+        log.info("near-ties or real differences? python -m evaluation.referee %s %s",
+                 args.baseline, args.opt)
     sys.stdout.write(markdown)
     return EXIT_MISMATCH if differing and not args.allow_mismatch else EXIT_OK
 

@@ -49,7 +49,9 @@
 # Answer files resume: a rerun with the same settings skips answered questions; a rerun with other
 # settings stops and names the file (delete OUT_DIR or choose another). Mask-implementation pairs
 # must match token for token (exit 1 otherwise); the baseline pair too in float32, while in
-# float16/bfloat16 its differences (near-ties of two different computations) are reported, not fatal.
+# float16/bfloat16 its differences are allowed where they are near-ties of two different computations:
+# the referee (python -m evaluation.referee) judges each such pair, and a real difference (a side that
+# departed from greedy decoding) fails the run; its verdicts are the last lines printed.
 # Under sampling (TEMPERATURE > 0) the baseline and EAGLE draw from different random streams: their
 # tokens are not expected to match, and the report compares tokens per step and lengths instead.
 #
@@ -163,10 +165,25 @@ compare() {  # compare NAME BASELINE OPT STRICT(1/0) [WHY A DIFFERENCE IS ALLOWE
          UNEXPECTED+=("$name"); log "$name: token identity not expected (sampling by two methods; see the report)"
        else log "$name: outputs identical"; fi ;;
     1) if [[ $strict == 1 ]]; then FAILED+=("$name"); log "$name: OUTPUTS DIFFER";
-       else ALLOWED+=("$name"); log "$name: outputs differ (allowed: $allowed)"; fi ;;
+       else ALLOWED+=("$name"); log "$name: outputs differ (allowed: $allowed)"; judge "$name" "$base" "$opt"; fi ;;
     *) die "speed.py failed on $name (exit $rc)" ;;
   esac
   SUMMARY+=("$name: $(grep -v '^[[:space:]]*$' "$report" | tail -n 1)")
+}
+
+JUDGED=()  # the referee's verdict on each pair that differs where a difference is allowed
+judge() {  # judge NAME A B: near-ties (rounding) or real differences (a side left greedy decoding)
+  local name=$1 report=$OUT_DIR/referee-$1.md rc=0
+  log "referee: $name"
+  "$PYTHON" -m evaluation.referee "$2" "$3" --question-file "$QUESTION_FILE" --device "$DEVICE" \
+    --json "$OUT_DIR/referee-$name.json" >"$report" || rc=$?
+  cat "$report"
+  case $rc in
+    0) ;;
+    1) FAILED+=("$name (real differences)") ;;
+    *) die "the referee failed on $name (exit $rc)" ;;
+  esac
+  JUDGED+=("$name: $(tail -n 1 "$report")")
 }
 
 check_settings() {  # every setting, before anything is built, fetched or loaded
@@ -237,6 +254,10 @@ main() {
   fi
   printf '\nsummary (pair: speed.py verdict)\n'
   printf '%s\n' "${SUMMARY[@]}"
+  if (( ${#JUDGED[@]} )); then
+    printf '\nreferee (pairs that differ where allowed: near-ties or real differences)\n'
+    printf '%s\n' "${JUDGED[@]}"
+  fi
   (( ${#FAILED[@]} == 0 )) || exit 1
 }
 
