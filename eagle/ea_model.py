@@ -22,7 +22,7 @@ from .llama import (LlamaForCausalLM, attention_backend, causal_mask, resolve_at
                     stack_projections)
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
-from .tree.masks import get_mask_impl, require_available
+from .tree.masks import get_mask_impl
 from .verify import Sampler
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class EaModel(nn.Module):
             raise ConfigError(
                 f"draft head expects hidden {head.args.target_hidden_size} / vocab "
                 f"{head.args.vocab_size}, base has {base.args.hidden_size} / {base.args.vocab_size}")
-        require_available(mask_impl, base.lm_head.weight.device)
+        get_mask_impl(mask_impl, base.lm_head.weight.device)
         if head is not None:
             base.set_aux_layers(aux_layer_inputs(base.args.num_hidden_layers,
                                                  head.args.aux_layer_ids))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fused
+from .backend import ATTENTION_BACKENDS
 from .config import ConfigError, ModelArgs, RopeConfig
 
 Start = Union[int, Tensor]  # a first cache slot: a host int, or a 0-d int64 tensor on the device
@@ -366,11 +367,6 @@ class LlamaForCausalLM(nn.Module):
             x, delta = x[:, -1:], delta[:, -1:]
         normed = self.model.norm.after_add(x, delta)[1]
         return BaseOutput(self.lm_head(normed), torch.cat([saved[i] for i in aux_at], dim=-1))
-
-
-# --attention-backend names -> torch's SDPBackend members
-ATTENTION_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                      "flash": "FLASH_ATTENTION"}
 
 
 def resolve_attention(name: str, device: torch.device) -> Optional[str]:

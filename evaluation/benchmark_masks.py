@@ -107,12 +107,12 @@ def resolve_target(cfg: BenchConfig) -> tuple:
     """(device, implementation names): the requested ones, or all available on the device.
     Exits with a message naming the choices when one is unknown or cannot run there."""
     from eagle.ea_model import resolve_device
-    from eagle.tree.masks import MaskImplUnavailable, available_mask_impls, require_available
+    from eagle.tree.masks import MaskImplUnavailable, available_mask_impls, get_mask_impl
 
     try:
         device = resolve_device(cfg.device or "auto")
         for name in cfg.impls:
-            require_available(name, device)
+            get_mask_impl(name, device)
     except (ValueError, MaskImplUnavailable) as exc:
         raise SystemExit(f"benchmark_masks: error: {exc}") from None
     return device, list(cfg.impls) or available_mask_impls(device)

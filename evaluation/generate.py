@@ -26,10 +26,10 @@ from eagle.profiling import ProfileReport
 from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
-from .gen_cli import GenConfig, GenError, Member
 from .interleave import Interrupted, Runner
 from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
                         device_name, load_tokenizer)
+from .run_settings import GenConfig, GenError, Member, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def member_model(model, cfg: GenConfig, runtime: Runtime):
                    cuda_graph=cfg.graphs_on(runtime.device), attention=cfg.attention_backend)
 
 
-def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
+def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
     """Everything that decides the outputs or the timings, and the code that wrote them; travels
     with every answer line."""
     import transformers
@@ -120,7 +120,7 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
 
-    return {
+    return RunSettings.from_dict({
         "method": cfg.method,
         "mask_impl": cfg.mask_impl if cfg.drafts else None,
         "base_model": cfg.base_model_path if cfg.preset else where(cfg.base_model_path),
@@ -141,7 +141,7 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
         "code": code_identity(),
-    }
+    })
 
 
 def graph_setting(cfg: GenConfig, device: torch.device) -> str:
@@ -160,7 +160,7 @@ def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:
 class Answerer:
     """Answers questions with one loaded model: chat prompts, timed generation, per-turn statistics."""
 
-    def __init__(self, model, cfg: GenConfig, settings: dict):
+    def __init__(self, model, cfg: GenConfig, settings: RunSettings):
         self.model, self.cfg, self.settings = model, cfg, settings
         self.tokenizer = model.tokenizer
 
@@ -202,7 +202,7 @@ class Answerer:
         line = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(),
                 "model_id": self.cfg.model_id, "tstamp": time.time(),
                 "category": question["category"], "choices": [t.out for t in talks],
-                "settings": self.settings}
+                "settings": self.settings.to_dict()}
         if self.cfg.profile:
             line["profile"] = functools.reduce(ProfileReport.merge, [t.profile for t in talks]).to_dict()
         return line
@@ -240,7 +240,7 @@ def profile_path(answer_file: Path) -> Path:
     return answer_file.with_name(answer_file.name + ".profile.json")
 
 
-def write_profile_report(answer_file: Path, settings: dict) -> None:
+def write_profile_report(answer_file: Path, settings: RunSettings) -> None:
     """Merge the per-answer profiles of the whole file into ANSWER_FILE.profile.json and log it."""
     reports = [ProfileReport.from_dict(obj["profile"]) for _, obj in iter_lines(answer_file)
                if "profile" in obj]
@@ -248,7 +248,7 @@ def write_profile_report(answer_file: Path, settings: dict) -> None:
         return
     merged = functools.reduce(ProfileReport.merge, reports)
     path = profile_path(answer_file)
-    report = {"answers": len(reports), "settings": settings, **merged.to_dict()}
+    report = {"answers": len(reports), "settings": settings.to_dict(), **merged.to_dict()}
     write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
     log.info("step profile over %d answers (%s):\n%s", len(reports), path, merged.table())
 
@@ -262,7 +262,7 @@ def generate_answers(cfg: GenConfig) -> int:
     check_checkpoints(cfg)
     members = cfg.members()
     check_writable([m.cfg.answer_file for m in members])
-    runner = Runner(members, [run_settings(m.cfg, runtime) for m in members])
+    runner = Runner(members, [resolve_settings(m.cfg, runtime) for m in members])
     pending = runner.pending(questions)
     log.info("%s: %d questions selected (cached: %d, remaining: %d)",
              ", ".join(map(str, runner.files)), len(questions), len(questions) - len(pending),
@@ -291,7 +291,7 @@ def answer_pending(runner: Runner, members: list[Member], runtime: Runtime, toke
     runner.run(pending, total)
 
 
-def finish_file(member: Member, settings: dict) -> int:
+def finish_file(member: Member, settings: RunSettings) -> int:
     """Sort and de-duplicate one member's file (the last line of a question wins); its profile."""
     path = member.cfg.answer_file
     if not path.exists():

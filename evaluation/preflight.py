@@ -17,7 +17,7 @@ import torch
 
 from eagle.ea_model import resolve_device as eagle_device
 
-from .gen_cli import GenConfig, GenError
+from .run_settings import GenConfig, GenError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
 def check_runtime(cfg: GenConfig) -> Runtime:
     """Device, dtype, CUDA graphs, every member's mask implementation and the attention backend,
     here."""
-    from eagle.tree.masks import MaskImplUnavailable, require_available
+    from eagle.tree.masks import MaskImplUnavailable, get_mask_impl
 
     device = resolve_device(cfg.device)
     runtime = Runtime(device, resolve_dtype(cfg.dtype, device))
@@ -99,7 +99,7 @@ def check_runtime(cfg: GenConfig) -> Runtime:
     if cfg.drafts:
         for impl in dict.fromkeys(cfg.mask_impls):
             try:
-                require_available(impl, device)
+                get_mask_impl(impl, device)
             except MaskImplUnavailable as exc:
                 raise GenError(f"--mask-impl {impl}: {exc}") from None
     check_attention_backend(cfg, runtime)

@@ -73,21 +73,25 @@ def available_mask_impls(device: torch.device) -> list[str]:
     return [name for name, impl in MASK_IMPLS.items() if impl.unavailable(torch.device(device)) is None]
 
 
-def require_available(name: str, device: torch.device) -> None:
-    """Raise `MaskImplUnavailable` naming the alternatives if `name` cannot run on `device`."""
-    reason = get_mask_impl(name).unavailable(torch.device(device))
+def known_mask_impl(name: str) -> bool:
+    return name in MASK_IMPLS
+
+
+def get_mask_impl(name: str, device: Optional[torch.device] = None) -> MaskImpl:
+    """The implementation registered as `name` (`ValueError` naming the registered ones when there
+    is none); given a `device`, `MaskImplUnavailable` naming the alternatives when it cannot run
+    there. Every check of a mask implementation's name goes through here."""
+    try:
+        impl = MASK_IMPLS[name]
+    except KeyError:
+        raise ValueError(f"unknown mask implementation {name!r}; choose one of "
+                         f"{', '.join(MASK_IMPLS)}") from None
+    reason = impl.unavailable(torch.device(device)) if device is not None else None
     if reason is not None:
         others = [n for n in available_mask_impls(device) if n != name]
         raise MaskImplUnavailable(f"mask implementation {name!r} cannot run here: {reason}; "
                                   f"use one of: {', '.join(others)}")
-
-
-def get_mask_impl(name: str) -> MaskImpl:
-    try:
-        return MASK_IMPLS[name]
-    except KeyError:
-        raise ValueError(f"unknown mask implementation {name!r}; choose one of "
-                         f"{', '.join(MASK_IMPLS)}") from None
+    return impl
 
 
 def build_tree_buffers(parents: Tensor, max_depth: int, impl: str = "rebuild",
@@ -220,7 +224,7 @@ def build_triton(parents: Tensor, max_depth: int, section: Section = no_section)
     Cost: a single launch, no host sync, no memset: O((T+1)^2) mask bytes written once plus
     O(T * depth) climbing. Profiled as one "tree_mask" section, which includes the retrieve
     indices. Raises `MaskImplUnavailable` without CUDA or without triton."""
-    require_available("triton", parents.device)
+    get_mask_impl("triton", parents.device)
     from .triton_tree import tree_buffers_triton
 
     with section("tree_mask"):
