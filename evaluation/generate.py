@@ -18,9 +18,8 @@ from typing import Optional
 import shortuuid
 import torch
 
-from eagle import fused
+from eagle.backend import Kernels
 from eagle.config import TreeConfig
-from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
 
 from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
@@ -78,6 +77,11 @@ def check_lengths(tokenizer, cfg: GenConfig, questions: list[dict]) -> None:
                            f"{cfg.max_length}; raise --max-length or lower --max-new-token")
 
 
+def kernels_for(cfg: GenConfig) -> Kernels:
+    """The kernels a member's model runs (its settings describe this same object)."""
+    return Kernels(attention=cfg.attention_backend)
+
+
 def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, for one member's
     config. The baseline loads the base model alone: the draft head would only take memory and
@@ -90,12 +94,12 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     if cfg.preset is not None:
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
-                       cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
+                       cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
     return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
                                    max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
-                                   cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
+                                   cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
 
 
 def member_model(model, cfg: GenConfig, runtime: Runtime):
@@ -107,7 +111,7 @@ def member_model(model, cfg: GenConfig, runtime: Runtime):
 
     head = model.head if cfg.drafts else None
     return EaModel(model.base, head, model.tree, cfg.mask_impl, model.tokenizer, model.max_length,
-                   cuda_graph=cfg.graphs_on(runtime.device), attention=cfg.attention_backend)
+                   cuda_graph=cfg.graphs_on(runtime.device), kernels=kernels_for(cfg))
 
 
 def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
@@ -116,6 +120,7 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
     import transformers
 
     device, dtype = runtime
+    kernels = kernels_for(cfg)
 
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
@@ -132,10 +137,10 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
         "temperature": cfg.temperature, "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
         "max_new_token": cfg.max_new_token, "max_length": cfg.max_length,
         "attention_backend": cfg.attention_backend,
-        "attention_kernel": resolve_attention(cfg.attention_backend, device) or "torch default",
+        "attention_kernel": kernels.resolve_attention(device) or "torch default",
         "cuda_graph": graph_setting(cfg, device),
-        "kernels": fused.describe(device),
-        "eagle_blas": fused.eagle_blas_label(device) if cfg.drafts else None,
+        "kernels": kernels.describe(device),
+        "eagle_blas": kernels.eagle_blas_label(device) if cfg.drafts else None,
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -231,7 +236,7 @@ class Conversation:
         result, seconds = a._generate(a._prompt_ids(self.messages), a.cfg.seed + self.index)
         text = answer_text(a.tokenizer, result.new_token_ids, a.model.stop_ids)
         self.messages.append({"role": "assistant", "content": text})
-        add_turn(self.out, text, result.new_token_ids, result.accept_lengths, seconds, a.cfg.drafts)
+        add_turn(self.out, text, result.new_token_ids, result.accepted_drafts, seconds, a.cfg.drafts)
         if result.profile is not None:
             self.profile = result.profile if self.profile is None else self.profile.merge(result.profile)
 

@@ -1,6 +1,8 @@
 """The import graph of the engine (`eagle`) and the evaluation package: no circles, counting every
 import statement (those inside functions too), and the engine never imports its builders."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +75,22 @@ def test_no_import_circles():
     graph = import_graph()
     assert {"eagle.ea_model", "evaluation.generate", "evaluation.run_settings"} <= set(graph)
     assert find_cycle(graph) == []
+
+
+def test_the_engine_never_imports_its_builders():
+    graph = import_graph()
+    engine = [m for m in graph if m.startswith("eagle") and not m.startswith("eagle.build")
+              and m != "eagle.tiny"]  # eagle.tiny: the builders' command line
+    assert [m for m in engine if any(t.startswith("eagle.build") for t in graph[m])] == []
+
+
+def test_importing_and_running_the_engine_loads_no_builder_module():
+    code = ("import sys, torch\n"
+            "from eagle import EaModel, TreeConfig\n"
+            "from eagle.presets import preset_model\n"
+            "model = preset_model('tiny', TreeConfig(8, 3, 2), dtype=torch.float32, device='cpu',"
+            " max_length=256)\n"
+            "model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4)\n"
+            "loaded = [m for m in sys.modules if m.startswith('eagle.build')]\n"
+            "assert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

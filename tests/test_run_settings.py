@@ -37,3 +37,16 @@ def test_resume_keeps_the_files_code_record():
     settings = RunSettings.from_dict(recorded())
     kept = settings.with_code({"fingerprint": "abc", "git_commit": "f" * 40})
     assert kept.code["git_commit"] == "f" * 40 and kept.differences(settings) == ["code"]
+
+
+def test_settings_of_prints_one_key_of_an_answer_file(tmp_path, capsys):
+    import json
+
+    from evaluation.settings_of import main
+
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "settings": recorded(dtype="float32")}) + "\n")
+    assert main([str(path), "dtype"]) == 0 and capsys.readouterr().out == "float32\n"
+    assert main([str(path), "total_token"]) == 0 and capsys.readouterr().out == "60\n"
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main([str(tmp_path / "empty.jsonl"), "dtype"]) == 2
