@@ -7,11 +7,12 @@ Attention covers a window of the KV cache: the next power of two above what the 
 least MIN_WINDOW slots, at most the cache), so a graph exists per window and per segment, all
 captured together before a configuration's first prefill (`StepGraphs.capture`).
 
-Segments of an EAGLE step: draft (draft forward over the accepted tokens, tree levels, selection),
-tree buffers (`--mask-impl`), verify forward, posterior (greedy acceptance) and KV update
-(compaction, next inputs). With a sync-free mask implementation the whole step is one graph;
-`rebuild` and `incremental` run their host part eagerly between the captured segments, and a
-profiled run replays every segment as its own graph to time it.
+An EAGLE step is declared once, as data (`EagleStep.segments`): draft (draft forward over the
+accepted tokens, tree levels, selection), tree buffers (`--mask-impl`), verify forward, posterior
+(acceptance) and KV update (compaction, next inputs). Eager runs, capture, per-segment replay and
+one-graph replay all walk that list. With a sync-free mask implementation the whole step is one
+graph; `rebuild` and `incremental` run their host part eagerly between the captured segments, and
+a profiled run replays every segment as its own graph to time it.
 """
 from __future__ import annotations
 
@@ -179,6 +180,7 @@ class EagleStep:
         self.mask = torch.zeros(t + 1, t + 1, dtype=torch.bool, device=dev)
         self.positions = torch.zeros(t + 1, dtype=torch.long, device=dev)
         self.retrieve = torch.full((t, c), -1, dtype=torch.long, device=dev)
+        self._plan: tuple[Optional[str], list[Segment]] = (None, [])  # (mask_impl, segments)
 
     def start(self, features: Tensor, token: Tensor) -> None:
         """The first step's inputs after a prefill (`Drafter.prefill` took the positions before):
@@ -236,8 +238,13 @@ class EagleStep:
 
     def segments(self) -> list[Segment]:
         """The step, declared once: its segments in order. Each reads earlier segments' outputs
-        through `got(name)`; every way of running a step walks this list."""
-        sync_free = get_mask_impl(self.mask_impl).sync_free
+        through `got(name)`; every way of running a step walks this list (built once per mask
+        implementation, which decides whether the tree build can be captured)."""
+        if self._plan[0] != self.mask_impl:
+            self._plan = (self.mask_impl, self._declare(get_mask_impl(self.mask_impl).sync_free))
+        return self._plan[1]
+
+    def _declare(self, sync_free: bool) -> list[Segment]:
         return [
             Segment("draft", lambda w, sec, smp, got: self.draft(w, sec), times_itself=True),
             Segment("tree_mask", lambda w, sec, smp, got: self.tree_buffers(sec), windowed=False,

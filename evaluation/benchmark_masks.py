@@ -1,6 +1,6 @@
 """Micro-benchmark of the tree-buffer builders (the `--mask-impl` choices) on EAGLE-3 trees.
 
-The guide's `benchmark_mask_optimization.py` under a clear name. For each total_token size it
+For each total_token size it
 draws trees through the engine's own candidate expansion and `select_tree`
 (`eagle.tree.synthetic.random_tree`: top_k root children, then per level the best top_k of
 top_k * top_k cumulative log-probs), checks that every implementation returns the same buffers,

@@ -130,13 +130,13 @@ def build_rebuild(parents: Tensor, max_depth: int, section: TimeSection = no_sec
 
 
 @register("incremental", sync_free=False,
-          summary="the guide's: device buffer, one .item() per row, parent row clone")
+          summary="device buffer, one .item() per row, parent row clone")
 def build_incremental(parents: Tensor, max_depth: int, section: TimeSection = no_section) -> TreeBuffers:
-    """The guide's "incremental" build, kept as written there.
+    """The mask built row by row on the device: each row is its parent's row plus itself.
 
     Cost: T host syncs (one `.item()` per row) plus T row copies of T+1 elements, so O(T^2) work
-    and T round trips; the retrieve indices then cost two `.tolist()` syncs (upstream way). The
-    guide's `if parent >= 0` guard is left out: the contract makes every parent >= 0.
+    and T round trips; the retrieve indices then cost two `.tolist()` syncs (upstream way). No
+    `parent >= 0` guard: the contract makes every parent >= 0.
     """
     dev, t = parents.device, parents.shape[0]
     with section("tree_mask"):
