@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import torch
 from safetensors import safe_open
@@ -100,6 +100,42 @@ def assign_state(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype
         v = state.pop(k)
         cast[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else expected[k].dtype)
     module.load_state_dict(cast, strict=True, assign=True)
+
+
+class Kind(NamedTuple):
+    head: bool  # an EAGLE draft head (else a base model)
+    why: str  # in words, for messages
+
+
+def checkpoint_kind(directory: str) -> Optional[Kind]:
+    """What DIR/config.json describes (a head: an Eagle architecture name or a single layer), or
+    None without a readable config."""
+    try:
+        config = read_config(Path(directory) / "config.json")
+    except (ConfigError, OSError):  # absent, unreadable or not a JSON object: loading will say
+        return None
+    eagle_arch = [a for a in config.get("architectures") or [] if "eagle" in str(a).lower()]
+    layers = config.get("num_hidden_layers")
+    if eagle_arch:
+        return Kind(True, f"an EAGLE draft head (architecture {eagle_arch[0]})")
+    if layers == 1:
+        return Kind(True, "an EAGLE draft head (a config with one layer)")
+    return Kind(False, f"a base model ({layers} layers)") if isinstance(layers, int) else None
+
+
+def check_kinds(base: Path, head: Optional[Path]) -> None:
+    """Refuse a draft head given as the base, or a base given as the head, before any weight
+    loads; the message says which directory looks like what."""
+    base_kind = checkpoint_kind(base)
+    head_kind = checkpoint_kind(head) if head is not None else None
+    if base_kind is not None and base_kind.head:
+        swap = (f"; {head} holds {head_kind.why}: swap the two paths (base model first, then the "
+                f"draft head)") if head_kind is not None and not head_kind.head else ""
+        raise CheckpointError(f"base_model_path {base} holds {base_kind.why}, not a base "
+                              f"model{swap}")
+    if head_kind is not None and not head_kind.head:
+        raise CheckpointError(f"ea_model_path {head} holds {head_kind.why}, not an EAGLE-3 draft "
+                              f"head; pass the head's directory as ea_model_path")
 
 
 def load_base(path: Path, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:

@@ -15,13 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from . import fused
+from .backend import Kernels
 from .config import ModelArgs, TreeConfig
 from .llama import MLP, Attention, Frame, KVCache, RMSNorm, Rotary, Start, causal_mask
-from .tree.masks import Section, no_section
+from .profiling import TimeSection, no_section
 from .tree.select import Candidates, DraftTree, TopK, top_of
 
 
 class DraftLayer(nn.Module):
+    kernels = Kernels()  # an EaModel installs its own (Kernels.install)
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.self_attn = Attention(args, 2 * args.hidden_size)
@@ -38,7 +41,7 @@ class DraftLayer(nn.Module):
     def attention_input(self, emb: Tensor, h: Tensor) -> Tensor:
         """cat(input_layernorm(emb), hidden_norm(h)): [1, S, 2H]. On the fused path each norm
         writes its half of one buffer (no cat)."""
-        if not fused.active(emb.device):
+        if not self.kernels.active(emb.device):
             return torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)
         half = emb.shape[-1]
         x = torch.empty(*emb.shape[:-1], 2 * half, device=emb.device,
@@ -51,6 +54,7 @@ class DraftLayer(nn.Module):
 
 class Eagle3Draft(nn.Module):
     """Tensor names and shapes follow the published EAGLE-3 checkpoints exactly."""
+    kernels = Kernels()
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -88,7 +92,7 @@ class Eagle3Draft(nn.Module):
         """The k most likely draft tokens after each row of h [..., H], best first: float32
         log-probs and draft ids, [..., k] each (two launches on the fused path, which never
         writes out the whole distribution)."""
-        if fused.active(h.device):
+        if self.kernels.active(h.device):
             return TopK(*fused.ops().top_log_probs(self.lm_head(self.norm(h)), k))
         return top_of(self.log_probs(h), k)
 
@@ -142,7 +146,7 @@ class Drafter:
                       self.kv, 0, causal_mask(0, m, tokens.device))
         self.n_ctx.fill_(m)
 
-    def step(self, features: Tensor, tokens: Tensor, section: Section = no_section,
+    def step(self, features: Tensor, tokens: Tensor, section: TimeSection = no_section,
              count: Optional[Tensor] = None, window: Optional[int] = None) -> DraftTree:
         """features: [1, m, 3H] base aux states at the newly accepted positions; tokens: [m] the
         tokens that follow them. Only the first `count` rows (0-d tensor; default all m) are
@@ -167,7 +171,7 @@ class Drafter:
         ancestors, rows = None, None
         for i in range(self.tree.depth):
             with section("draft_forward"):
-                ancestors, mask = level_masks(ancestors, rows, ctx, k, window)
+                ancestors, mask = level_masks(ancestors, rows, ctx, k, window, head.kernels)
                 out = head(self.embed(head.to_target(cands.frontier_ids))[None], frontier_h,
                            positions[i], self.kv, starts[i], mask)
             with section("draft_select"):
@@ -178,13 +182,13 @@ class Drafter:
 
 
 def level_masks(ancestors: Optional[Tensor], rows: Optional[Tensor], ctx: Tensor, k: int,
-                width: int) -> tuple[Tensor, Tensor]:
+                width: int, kernels: Kernels = Kernels()) -> tuple[Tensor, Tensor]:
     """A draft level's masks. ancestors: [k, k*i] bool, which nodes of the levels so far each
     node of the previous level descends from or is (None at the first level); rows: [k] the
     previous-level row each node of this level descends from; ctx: the accepted slots' count
     (0-d). Returns this level's ancestors [k, k*(i+1)] and its attention mask [k, width]: the
     accepted slots < ctx, and from slot ctx on the levels' nodes it descends from and itself."""
-    if fused.active(ctx.device):
+    if kernels.active(ctx.device):
         return fused.ops().draft_level_mask(ancestors, rows, ctx, k, width)
     eye = torch.eye(k, dtype=torch.bool, device=ctx.device)
     ancestors = eye if ancestors is None else torch.cat((ancestors[rows], eye), dim=1)

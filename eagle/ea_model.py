@@ -14,16 +14,15 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import fused
-from .checkpoint import load_base, load_draft
+from .backend import Kernels
+from .checkpoint import check_kinds, load_base, load_draft
 from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
-from .llama import (LlamaForCausalLM, attention_backend, causal_mask, resolve_attention,
-                    stack_projections)
+from .llama import LlamaForCausalLM, causal_mask, stack_projections
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
 from .threads import pick_cpu_threads
-from .tree.masks import get_mask_impl, require_available
+from .tree.masks import get_mask_impl
 from .verify import Sampler
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,9 @@ class GenerationResult:
     output_ids: Tensor  # [1, prompt + new]
     new_token_ids: list[int]
     steps: int  # decoding steps after the prefill (EAGLE: draft/verify rounds)
-    accept_lengths: list[int] = field(default_factory=list)  # accepted draft tokens per step
+    # accepted draft tokens per step (the answer file's detail.accepted_drafts; its accept_lengths
+    # count the tokens a step added, one more except where a stop token or the budget cut it)
+    accepted_drafts: list[int] = field(default_factory=list)
     profile: Optional[ProfileReport] = None
 
     @property
@@ -76,10 +77,13 @@ class TokenBudget:
 class EaModel(nn.Module):
     def __init__(self, base: LlamaForCausalLM, head: Optional[Eagle3Draft], tree: TreeConfig,
                  mask_impl: str = "rebuild", tokenizer=None, max_length: int = 4096,
-                 cuda_graph: Optional[bool] = None, attention: str = "auto"):
+                 cuda_graph: Optional[bool] = None, attention: str = "auto",
+                 kernels: Optional[Kernels] = None):
         """`head=None`: a base model alone, for `naive_generate` (the baseline). `cuda_graph`:
         replay greedy decoding steps as CUDA graphs (default: on with CUDA; sampling runs
-        eager); `attention`: the SDPA backend ("auto": deterministic `efficient` on CUDA). A small
+        eager). `kernels`: what the forwards run (default `Kernels(attention=attention)`:
+        the fused path on CUDA with triton, attention as `Kernels.resolve_attention` says);
+        installed on the base and head modules, which run this model's kernels from then on. A small
         model on the CPU sets torch to one thread unless OMP_NUM_THREADS is set (`eagle.threads`)."""
         super().__init__()
         if head is not None and (head.args.target_hidden_size != base.args.hidden_size or
@@ -87,7 +91,7 @@ class EaModel(nn.Module):
             raise ConfigError(
                 f"draft head expects hidden {head.args.target_hidden_size} / vocab "
                 f"{head.args.vocab_size}, base has {base.args.hidden_size} / {base.args.vocab_size}")
-        require_available(mask_impl, base.lm_head.weight.device)
+        get_mask_impl(mask_impl, base.lm_head.weight.device)
         pick_cpu_threads(base.lm_head.weight.device, base.args.hidden_size)
         if head is not None:
             base.set_aux_layers(aux_layer_inputs(base.args.num_hidden_layers,
@@ -105,12 +109,8 @@ class EaModel(nn.Module):
         if cuda_graph and not on_cuda:
             raise ConfigError(f"CUDA graphs need a CUDA device, the model is on {self.device.type}; "
                               f"turn them off")
-        resolve_attention(attention, self.device)
-        self.attention = attention
-        if fused.active(self.device):
-            stack_projections(base)
-            if head is not None:
-                stack_projections(head)
+        self.kernels = kernels if kernels is not None else Kernels(attention=attention)
+        self.use_kernels(self.kernels)
         self.graphs = StepGraphs(on_cuda if cuda_graph is None else cuda_graph)
         self.plain_graphs = StepGraphs(self.graphs.enabled)
         self.eagle_step: Optional[EagleStep] = None
@@ -123,7 +123,8 @@ class EaModel(nn.Module):
                         mask_impl: str = "rebuild", use_eagle3: bool = True,
                         max_length: int = 4096,
                         tokenizer_path: Union[str, Path, None] = None,
-                        cuda_graph: Optional[bool] = None, attention: str = "auto") -> "EaModel":
+                        cuda_graph: Optional[bool] = None, attention: str = "auto",
+                        kernels: Optional[Kernels] = None) -> "EaModel":
         """Load an HF Llama base and an EAGLE-3 head (upstream keyword names); the tokenizer comes
         from `tokenizer_path`, by default the base model's directory. `ea_model_path=None` loads
         the base alone (`naive_generate` only)."""
@@ -133,11 +134,25 @@ class EaModel(nn.Module):
 
         device = resolve_device(device_map)
         tree = TreeConfig(total_token, depth, top_k)
+        check_kinds(Path(base_model_path), Path(ea_model_path) if ea_model_path else None)
         base = load_base(Path(base_model_path), torch_dtype, device)
         head = load_draft(Path(ea_model_path), torch_dtype, device,
                           base.model.embed_tokens.weight) if ea_model_path else None
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or base_model_path))
-        return cls(base, head, tree, mask_impl, tokenizer, max_length, cuda_graph, attention)
+        return cls(base, head, tree, mask_impl, tokenizer, max_length, cuda_graph, attention, kernels)
+
+    def use_kernels(self, kernels: Kernels) -> None:
+        """Run `kernels` from now on (captured graphs are recaptured: the fingerprint names them)."""
+        self.kernels = kernels
+        for module in (self.base, self.head):
+            if module is not None:
+                kernels.install(module)
+                if kernels.active(self.device):
+                    stack_projections(module)
+
+    @property
+    def attention(self) -> str:
+        return self.kernels.attention
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -176,9 +191,9 @@ class EaModel(nn.Module):
 
     def _fingerprint(self, modules: list, tensors: list) -> tuple:
         """What captured graphs depend on: the addresses and shapes of the weights of `modules`
-        and of `tensors` (caches, step buffers), and the attention backend."""
+        and of `tensors` (caches, step buffers), and the model's kernels."""
         every = [p for m in modules for p in m.parameters()] + tensors
-        return (resolve_attention(self.attention, self.device), fused.describe(self.device),
+        return (self.kernels.resolve_attention(self.device), self.kernels.describe(self.device),
                 *((t.data_ptr(), tuple(t.shape)) for t in every))
 
     def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:
@@ -197,10 +212,10 @@ class EaModel(nn.Module):
             d = self.drafter
             buffers = [self.base.kv.data, d.kv.data, d.n_ctx, d.level_positions, d.level_starts,
                        step.features, step.retrieve]
-            blas = fused.eagle_blas_name(self.device)  # the library the steps' products ran on
+            blas = self.kernels.eagle_blas_name(self.device)  # the library the steps' products run on
             self.graphs.check(self._fingerprint([self.base, self.head], buffers) + (blas,))
             windows = all_windows(self.max_length)
-            self.graphs.capture(step.segments(self.graphs, windows, one_graph), step.reset)
+            self.graphs.capture(step.captures(self.graphs, windows, one_graph), step.reset)
         return step, one_graph
 
     @torch.inference_mode()
@@ -220,7 +235,7 @@ class EaModel(nn.Module):
                               "naive_generate, or load an EAGLE-3 head to decode with draft trees")
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         prof = StepProfiler(enabled=profile, cuda=self.device.type == "cuda")
-        with attention_backend(self.attention, self.device), fused.eagle_blas(self.device):
+        with self.kernels.attention_context(self.device), self.kernels.blas_context(self.device):
             step, one_graph = self._eagle_ready(sampler is None, profile)
             ids, out = self._prefill(input_ids, max_new_tokens, self.tree.step_slots)
             budget = TokenBudget(max_new_tokens, self.stop_ids)
@@ -261,7 +276,7 @@ class EaModel(nn.Module):
         """Plain autoregressive decoding of the base model with the same stopping rules: a step
         per token (captured with graphs on, greedy), one read of its token."""
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
-        with attention_backend(self.attention, self.device):
+        with self.kernels.attention_context(self.device):
             step = self._plain_ready(sampler is None)
             ids, out = self._prefill(input_ids, max_new_tokens, 0)
             budget = TokenBudget(max_new_tokens, self.stop_ids)

@@ -1,27 +1,20 @@
 """Triton kernels that fuse the pointwise work of a Llama forward, one launch each.
 
-Imported lazily by `eagle.fused`, so importing `eagle` never needs triton. In a decoding step of
-the unfused forward each layer runs ~40 kernels, most of them a few microseconds of pointwise
-work on one or a few rows; once the step is a CUDA graph, running them one after another is
-much of what the step costs beyond reading the weights. These kernels replace ~30 of them per
-layer:
+Imported lazily by `eagle.fused`, so importing `eagle` never needs triton. They replace ~30 of the
+~40 few-microsecond kernels a layer runs per decoding step, much of what a graph-captured step
+costs beyond reading the weights:
+- `rms_norm`: RMSNorm (float32 statistics, rounded to the input dtype, then times the weight),
+  optionally after a residual add whose sum it also stores;
+- `rope_into_cache`: rotary embedding of the new queries and keys, keys and values written
+  straight into their cache slots, queries laid out head-major ([H, S, D]);
+- `silu_mul`: SiLU(gate) * up; `attention`: grouped-query attention over the cache window with
+  the boolean mask, in chunks merged in a fixed order; `top_log_probs`: the draft's k best
+  log-probabilities per row; `draft_level_mask`: a draft level's ancestors and attention mask.
 
-- `rms_norm`: RMSNorm (float32 statistics, the normalised row rounded to the input dtype, then
-  times the weight), optionally after a residual add whose sum it also stores;
-- `rope_into_cache`: rotary embedding of the new tokens' queries and keys, the keys and values
-  written straight into their cache slots, the queries laid out head-major ([H, S, D]) as
-  grouped-query SDPA reads them;
-- `silu_mul`: SiLU(gate) * up of the MLP;
-- `attention`: grouped-query attention over the cache window with the boolean mask, in chunks
-  merged in a fixed order;
-- `top_log_probs`: the draft's k best log-probabilities per row, in two launches;
-- `draft_level_mask`: a draft level's ancestor rows and its attention mask over the window.
-
-Each kernel rounds where PyTorch's separate kernels round (every product, sum and activation is
-rounded to the tensor dtype before the next operation uses it), and none lets the compiler
-contract a multiply and an add (`enable_fp_fusion=False`). The rotary and residual arithmetic is
-therefore bit for bit PyTorch's; RMSNorm's row sum, the attention and the log-softmax add in
-other orders, and SiLU's exponential may differ in the last bit of float32.
+Each kernel rounds where PyTorch's separate kernels round, and none lets the compiler contract a
+multiply and an add (`enable_fp_fusion=False`): the rotary and residual arithmetic is bit for bit
+PyTorch's; RMSNorm's row sum, the attention and the log-softmax add in other orders, and SiLU's
+exponential may differ in the last bit of float32.
 """
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ projection weights); elsewhere they run the PyTorch operations written out below
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fused
+from .backend import Kernels
 from .config import ConfigError, ModelArgs, RopeConfig
 
 Start = Union[int, Tensor]  # a first cache slot: a host int, or a 0-d int64 tensor on the device
@@ -81,13 +81,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RMSNorm(nn.Module):
+    kernels = Kernels()  # an EaModel installs its own (Kernels.install)
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if fused.active(x.device):
+        if self.kernels.active(x.device):
             return fused.ops().rms_norm(x, self.weight, self.eps)[1]
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -96,7 +98,7 @@ class RMSNorm(nn.Module):
     def after_add(self, x: Tensor, delta: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """(x + delta, this norm of it), in one launch where the kernels are fused; without
         delta, (x, this norm of x)."""
-        if fused.active(x.device):
+        if self.kernels.active(x.device):
             return fused.ops().rms_norm(x, self.weight, self.eps, delta)
         if delta is not None:
             x = x + delta
@@ -104,6 +106,8 @@ class RMSNorm(nn.Module):
 
 
 class MLP(nn.Module):
+    kernels = Kernels()
+
     def __init__(self, hidden: int, inter: int):
         super().__init__()
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
@@ -116,7 +120,7 @@ class MLP(nn.Module):
             self.gate_up = fused.stack_weights((self.gate_proj, self.up_proj))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not fused.active(x.device):
+        if not self.kernels.active(x.device):
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         if fused.stacked(self.gate_up, (self.gate_proj, self.up_proj)):
             gate, up = F.linear(x, self.gate_up).split(self.up_proj.out_features, dim=-1)
@@ -145,6 +149,7 @@ class Attention(nn.Module):
     head ([1, Hkv, rep*S, D]), so no K/V head is ever repeated and every SDPA backend, the
     deterministic memory-efficient one included, can run it. On the fused path one Triton kernel
     (`fused_triton.attention`) reads the queries, the window and the boolean mask as they are."""
+    kernels = Kernels()
 
     def __init__(self, args: ModelArgs, in_features: int):
         super().__init__()
@@ -161,11 +166,12 @@ class Attention(nn.Module):
             self.qkv = fused.stack_weights((self.q_proj, self.k_proj, self.v_proj))
 
     def fused_rope(self, device: torch.device) -> bool:
-        return fused.active(device) and fused.rope_fits(self.head_dim)
+        return self.kernels.active(device) and fused.rope_fits(self.head_dim)
 
     def fused_attention(self, device: torch.device) -> bool:
         # the kernel's matrix products need a head of 16 or more
-        return self.fused_rope(device) and self.head_dim >= 16 and fused.attention_active(device)
+        return self.fused_rope(device) and self.head_dim >= 16 and \
+            self.kernels.attention_active(device)
 
     def frame(self, rotary: Rotary, positions: Tensor, start: Start, mask: Tensor,
               dtype: torch.dtype, slots: int) -> Frame:
@@ -366,40 +372,3 @@ class LlamaForCausalLM(nn.Module):
             x, delta = x[:, -1:], delta[:, -1:]
         normed = self.model.norm.after_add(x, delta)[1]
         return BaseOutput(self.lm_head(normed), torch.cat([saved[i] for i in aux_at], dim=-1))
-
-
-# --attention-backend names -> torch's SDPBackend members
-ATTENTION_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                      "flash": "FLASH_ATTENTION"}
-
-
-def resolve_attention(name: str, device: torch.device) -> Optional[str]:
-    """The kernel that runs: a pinned SDPA backend as given; "auto" is the fused path's Triton
-    kernel on CUDA with triton (`fused_triton.attention`), else SDPA's `efficient` on CUDA (both
-    reproduce their output bit for bit run to run; the cuDNN kernel that torch would pick for
-    these masks does not) and torch's own choice (None) elsewhere."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return "triton" if fused.active(device) else "efficient"
-    if name not in ATTENTION_BACKENDS:
-        raise ConfigError(f"unknown attention backend {name!r}; choose auto or one of "
-                          f"{', '.join(ATTENTION_BACKENDS)}")
-    return name
-
-
-def attention_backend(name: str, device: torch.device) -> AbstractContextManager:
-    """A context that runs attention on `resolve_attention(name, device)`: a pinned name sends
-    every attention through SDPA with that backend; the Triton kernel keeps SDPA, for head sizes
-    it does not take, on `efficient`."""
-    resolved = resolve_attention(name, device)
-    if resolved is None:
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if resolved == "triton":
-        return sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION)
-    pinned = ExitStack()
-    pinned.enter_context(sdpa_kernel(getattr(SDPBackend, ATTENTION_BACKENDS[resolved])))
-    pinned.enter_context(fused.sdpa_only())
-    return pinned

@@ -7,9 +7,16 @@ import time
 from collections import defaultdict
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+
+TimeSection = Callable[[str], AbstractContextManager]  # opens the timing section of a name
+
+
+def no_section(_name: str) -> AbstractContextManager:
+    return nullcontext()
+
 
 # "draft": draft forwards and selection together, one captured segment (graph-mode profiles)
 SECTIONS = ("draft", "draft_forward", "draft_select", "tree_mask", "retrieve_indices", "verify_forward",

@@ -7,16 +7,18 @@ Attention covers a window of the KV cache: the next power of two above what the 
 least MIN_WINDOW slots, at most the cache), so a graph exists per window and per segment, all
 captured together before a configuration's first prefill (`StepGraphs.capture`).
 
-Segments of an EAGLE step: draft (draft forward over the accepted tokens, tree levels, selection),
-tree buffers (`--mask-impl`), verify forward, posterior (greedy acceptance) and KV update
-(compaction, next inputs). With a sync-free mask implementation the whole step is one graph;
-`rebuild` and `incremental` run their host part eagerly between the captured segments, and a
-profiled run replays every segment as its own graph to time it.
+An EAGLE step is declared once, as data (`EagleStep.segments`): draft (draft forward over the
+accepted tokens, tree levels, selection), tree buffers (`--mask-impl`), verify forward, posterior
+(acceptance) and KV update (compaction, next inputs). Eager runs, capture, per-segment replay and
+one-graph replay all walk that list. With a sync-free mask implementation the whole step is one
+graph; `rebuild` and `incremental` run their host part eagerly between the captured segments, and
+a profiled run replays every segment as its own graph to time it.
 """
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Optional
 
@@ -26,8 +28,9 @@ from torch import Tensor
 from .config import TreeConfig
 from .draft import Drafter
 from .llama import BaseOutput, LlamaForCausalLM, causal_mask, tree_attention_mask
-from .tree.masks import Section, build_tree_buffers, get_mask_impl, no_section
-from .verify import GreedyResult, Sampler, accept_sampling, greedy_accept, read_accepted
+from .profiling import TimeSection, no_section
+from .tree.masks import build_tree_buffers, get_mask_impl
+from .verify import AcceptResult, Sampler, accept_greedy_on_device, accept_sampling, read_accepted
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,17 @@ def all_windows(max_len: int) -> list[int]:
         out.append(w)
         w *= 2
     return out + [max_len]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One named part of a step. `run(window, section, sampler, got)` does its work and returns
+    its output; `got(name)` is an earlier segment's output."""
+    name: str  # its timing section and graph
+    run: Callable[[int, TimeSection, Optional[Sampler], Callable[[str], Any]], Any]
+    windowed: bool = True  # a graph per attention window (else one per mask implementation)
+    times_itself: bool = False  # eagerly, it opens finer sections of its own
+    capturable: bool = True  # False: host work that runs eagerly between replayed segments
 
 
 @dataclass
@@ -166,6 +180,7 @@ class EagleStep:
         self.mask = torch.zeros(t + 1, t + 1, dtype=torch.bool, device=dev)
         self.positions = torch.zeros(t + 1, dtype=torch.long, device=dev)
         self.retrieve = torch.full((t, c), -1, dtype=torch.long, device=dev)
+        self._plan: tuple[Optional[str], list[Segment]] = (None, [])  # (mask_impl, segments)
 
     def start(self, features: Tensor, token: Tensor) -> None:
         """The first step's inputs after a prefill (`Drafter.prefill` took the positions before):
@@ -176,13 +191,13 @@ class EagleStep:
         self.tokens[:1].copy_(token)
         self.count.fill_(1)
 
-    def draft(self, window: int, section: Section = no_section) -> None:
+    def draft(self, window: int, section: TimeSection = no_section) -> None:
         """Draft a tree from the step's inputs."""
         tree = self.drafter.step(self.features, self.tokens, section, self.count, window)
         self.tree_tokens.copy_(tree.tokens)
         self.parents.copy_(tree.parents)
 
-    def tree_buffers(self, section: Section = no_section) -> None:
+    def tree_buffers(self, section: TimeSection = no_section) -> None:
         out = build_tree_buffers(self.parents, self.tree.max_depth, self.mask_impl, section)
         self.mask.copy_(out.mask)
         self.positions.copy_(out.position_ids)
@@ -199,13 +214,13 @@ class EagleStep:
         return self.base(self.tree_tokens[None], start + self.positions, start,
                          tree_attention_mask(start, self.mask, window))
 
-    def posterior(self, out: BaseOutput, sampler: Optional[Sampler] = None) -> GreedyResult:
+    def posterior(self, out: BaseOutput, sampler: Optional[Sampler] = None) -> AcceptResult:
         logits = out.logits[0]  # [T+1, V]
         if sampler is None:
-            return greedy_accept(logits, self.tree_tokens, self.retrieve)
+            return accept_greedy_on_device(logits, self.tree_tokens, self.retrieve)
         return self._padded(accept_sampling(logits, self.tree_tokens, self.retrieve, sampler))
 
-    def kv_update(self, out: BaseOutput, res: GreedyResult) -> None:
+    def kv_update(self, out: BaseOutput, res: AcceptResult) -> None:
         """Accepted nodes' K/V in place after the prefix; the next step's inputs; the length."""
         self.base.kv.compact(self.cache_len, self.cache_len + res.path)
         self.features.copy_(out.aux_hidden.index_select(1, res.path))
@@ -213,72 +228,83 @@ class EagleStep:
         self.count.copy_(res.count)
         self.cache_len += res.count
 
-    def verify(self, window: int, section: Section = no_section,
-               sampler: Optional[Sampler] = None) -> None:
-        with section("verify_forward"):
-            out = self.verify_forward(window)
-        with section("posterior"):
-            res = self.posterior(out, sampler)
-        with section("kv_update"):
-            self.kv_update(out, res)
-
-    def _padded(self, acc) -> GreedyResult:
+    def _padded(self, acc) -> AcceptResult:
         """A sampled acceptance (host lists) in the fixed-width device form."""
         c, dev = self.tokens.shape[0], self.tokens.device
         path = acc.path.tolist()
         pad = [0] * (c - len(path))
-        return GreedyResult(torch.tensor(path + pad, device=dev),
+        return AcceptResult(torch.tensor(path + pad, device=dev),
                             torch.tensor(acc.tokens + pad, device=dev), torch.tensor(len(path), device=dev))
 
-    def whole(self, window: int, section: Section = no_section,
-              sampler: Optional[Sampler] = None) -> None:
-        """Every segment in order, eagerly (or under capture, with the defaults)."""
-        self.draft(window, section)
-        self.tree_buffers(section)
-        self.verify(window, section, sampler)
+    def segments(self) -> list[Segment]:
+        """The step, declared once: its segments in order. Each reads earlier segments' outputs
+        through `got(name)`; every way of running a step walks this list (built once per mask
+        implementation, which decides whether the tree build can be captured)."""
+        if self._plan[0] != self.mask_impl:
+            self._plan = (self.mask_impl, self._declare(get_mask_impl(self.mask_impl).sync_free))
+        return self._plan[1]
 
-    def segments(self, graphs: StepGraphs, windows: list[int],
-                 fused: bool) -> dict[Hashable, Callable[[], Any]]:
-        """The graph segments of this configuration, in capture order, keyed as `run` looks them
-        up: the whole step per window (`fused`), else draft, verify forward, posterior and KV
-        update per window (each reading the previous one's captured outputs) and, for a
-        sync-free implementation, the tree buffers."""
-        if fused:
-            return {("step", self.mask_impl, w): (lambda w=w: self.whole(w)) for w in windows}
+    def _declare(self, sync_free: bool) -> list[Segment]:
+        return [
+            Segment("draft", lambda w, sec, smp, got: self.draft(w, sec), times_itself=True),
+            Segment("tree_mask", lambda w, sec, smp, got: self.tree_buffers(sec), windowed=False,
+                    times_itself=True, capturable=sync_free),  # rebuild/incremental: host work
+            Segment("verify_forward", lambda w, sec, smp, got: self.verify_forward(w)),
+            Segment("posterior", lambda w, sec, smp, got: self.posterior(got("verify_forward"), smp)),
+            Segment("kv_update", lambda w, sec, smp, got: self.kv_update(got("verify_forward"),
+                                                                         got("posterior"))),
+        ]
+
+    def key(self, segment: Segment, window: int) -> Hashable:
+        """A segment's graph: one per window, or one per mask implementation (the tree)."""
+        return (segment.name, window) if segment.windowed else (segment.name, self.mask_impl)
+
+    def eager(self, window: int, section: TimeSection = no_section,
+              sampler: Optional[Sampler] = None) -> None:
+        """Every segment in order, eagerly (or under capture as one graph, with the defaults)."""
+        out: dict[str, Any] = {}
+        for seg in self.segments():
+            with nullcontext() if seg.times_itself else section(seg.name):
+                out[seg.name] = seg.run(window, section, sampler, out.__getitem__)
+
+    def captures(self, graphs: StepGraphs, windows: list[int],
+                 one_graph: bool) -> dict[Hashable, Callable[[], Any]]:
+        """The graphs of this configuration, in capture order, keyed as `run` replays them: the
+        whole step per window (`one_graph`), else each capturable segment per window (each reading
+        the earlier segments' captured outputs)."""
+        if one_graph:
+            return {("step", self.mask_impl, w): (lambda w=w: self.eager(w)) for w in windows}
         out: dict[Hashable, Callable[[], Any]] = {}
-        if get_mask_impl(self.mask_impl).sync_free:
-            out[("tree", self.mask_impl)] = self.tree_buffers
         for w in windows:
-            fwd, post = ("verify_forward", w), ("posterior", w)
-            out[("draft", w)] = lambda w=w: self.draft(w)
-            out[fwd] = lambda w=w: self.verify_forward(w)
-            out[post] = lambda fwd=fwd: self.posterior(graphs.outputs[fwd])
-            out[("kv_update", w)] = lambda fwd=fwd, post=post: self.kv_update(graphs.outputs[fwd],
-                                                                              graphs.outputs[post])
+            got = (lambda name, w=w: graphs.outputs[self.key(self._segment(name), w)])
+            for seg in self.segments():
+                if seg.capturable and self.key(seg, w) not in out:
+                    out[self.key(seg, w)] = (lambda seg=seg, w=w, got=got:
+                                             seg.run(w, no_section, None, got))
         return out
 
-    def run(self, graphs: StepGraphs, window: int, section: Section, fused: bool,
+    def _segment(self, name: str) -> Segment:
+        return next(seg for seg in self.segments() if seg.name == name)
+
+    def run(self, graphs: StepGraphs, window: int, section: TimeSection, one_graph: bool,
             sampler: Optional[Sampler] = None) -> None:
         """One step: eager with sampling or with graphs disabled; otherwise replayed, as one
-        graph (`fused`) or per segment around the host tree build."""
+        graph (`one_graph`) or segment by segment, each timed in its own section, with the host
+        part of a tree build that cannot be captured run eagerly between them."""
         if sampler is not None or not graphs.enabled:
-            self.whole(window, section, sampler)
-        elif fused:
-            graphs.run(("step", self.mask_impl, window), lambda: self.whole(window))
+            self.eager(window, section, sampler)
+        elif one_graph:
+            graphs.run(("step", self.mask_impl, window), lambda: self.eager(window))
         else:
-            with section("draft"):
-                graphs.run(("draft", window), lambda: self.draft(window))
-            if get_mask_impl(self.mask_impl).sync_free:
-                with section("tree_mask"):
-                    graphs.run(("tree", self.mask_impl), self.tree_buffers)
-            else:
-                self.tree_buffers(section)
-            with section("verify_forward"):
-                out = graphs.run(("verify_forward", window), lambda: self.verify_forward(window))
-            with section("posterior"):
-                res = graphs.run(("posterior", window), lambda: self.posterior(out))
-            with section("kv_update"):
-                graphs.run(("kv_update", window), lambda: self.kv_update(out, res))
+            out: dict[str, Any] = {}
+            for seg in self.segments():
+                if seg.capturable:
+                    with section(seg.name):
+                        out[seg.name] = graphs.run(
+                            self.key(seg, window),
+                            lambda seg=seg: seg.run(window, no_section, None, out.__getitem__))
+                else:
+                    out[seg.name] = seg.run(window, section, None, out.__getitem__)
 
     def reset(self) -> None:
         """A valid dummy state for warm-up and capture: empty caches, a root-only step input."""

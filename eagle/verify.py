@@ -24,15 +24,16 @@ class Acceptance(NamedTuple):
         return len(self.tokens) - 1
 
 
-class GreedyResult(NamedTuple):
-    """Greedy acceptance with fixed shapes, all on the device (C = retrieve width)."""
+class AcceptResult(NamedTuple):
+    """An acceptance with fixed shapes, all on the device (C = retrieve width): greedy's as
+    computed there, a sampled one padded to this form."""
 
     path: Tensor  # [C] node indices, root first; entries past `count` are 0
     tokens: Tensor  # [C] accepted draft tokens then the bonus token; entries past `count` are 0
     count: Tensor  # 0-d int64: accepted draft tokens + 1
 
 
-def greedy_accept(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> GreedyResult:
+def accept_greedy_on_device(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> AcceptResult:
     """logits: [T+1, V] base logits per node; tokens: [T+1]; retrieve: [R, C] (-1 padded).
 
     No host synchronisation: the tokens that come out are the base's own choices along the
@@ -48,7 +49,7 @@ def greedy_accept(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> GreedyRes
     keep = torch.arange(retrieve.shape[1], device=tokens.device) <= length  # [C]
     zero = torch.zeros_like(keep, dtype=torch.long)
     path, toks = retrieve.index_select(0, best)[0], pred_at.index_select(0, best)[0]
-    return GreedyResult(torch.where(keep, path, zero), torch.where(keep, toks, zero), length + 1)
+    return AcceptResult(torch.where(keep, path, zero), torch.where(keep, toks, zero), length + 1)
 
 
 def read_accepted(count: Tensor, tokens: Tensor) -> list[int]:
@@ -58,8 +59,8 @@ def read_accepted(count: Tensor, tokens: Tensor) -> list[int]:
 
 
 def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptance:
-    """`greedy_accept` read back to the host."""
-    res = greedy_accept(logits, tokens, retrieve)
+    """`accept_greedy_on_device` read back to the host."""
+    res = accept_greedy_on_device(logits, tokens, retrieve)
     accepted = read_accepted(res.count, res.tokens)
     return Acceptance(res.path[: len(accepted)], accepted)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, TextIO
 
 from .atomic import write_atomic
+from .run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -216,20 +217,15 @@ def read_answers(path: Path) -> list[tuple[int, dict]]:
         if qid in seen:
             raise AnswerFileError(path, number, f"duplicate question_id {qid} (first on line {seen[qid]})")
         seen[qid] = number
-        if rows and settings_diff(rows[0][1]["settings"], obj["settings"]):
-            key = settings_diff(rows[0][1]["settings"], obj["settings"])[0]
-            raise AnswerFileError(path, number, f"settings differ from line {rows[0][0]} in {key!r}")
+        if rows:
+            first = RunSettings.from_dict(rows[0][1]["settings"])
+            differ = first.differences(RunSettings.from_dict(obj["settings"]))
+            if differ:
+                raise AnswerFileError(path, number, f"settings differ from line {rows[0][0]} in {differ[0]!r}")
         rows.append((number, obj))
     if not rows:
         raise AnswerFileError(path, 1, "empty answer file (no answers)")
     return rows
-
-
-def settings_diff(a: dict, b: dict, ignore: frozenset = frozenset()) -> list[str]:
-    """Keys whose values differ (or that only one side has), sorted, except those in `ignore` and
-    the machine's state (`evaluation.machine`), which decides no output."""
-    ignore = ignore | {"machine"}
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -243,7 +239,7 @@ def drop_torn_tail(path: Path) -> None:
             fh.truncate(keep)
 
 
-def answered_ids(path: Path, settings: dict) -> set:
+def answered_ids(path: Path, settings: RunSettings) -> set:
     """Question ids already answered in `path` by a run with the same settings (resume)."""
     if not path.exists():
         return set()
@@ -253,12 +249,12 @@ def answered_ids(path: Path, settings: dict) -> set:
         problem = answer_problem(obj)
         if problem:
             raise AnswerFileError(path, number, f"{problem}; fix or delete the file to start over")
-        diff = settings_diff(obj["settings"], settings)
-        if diff:
-            key = diff[0]
+        theirs = RunSettings.from_dict(obj["settings"])
+        if theirs != settings:
+            key = theirs.differences(settings)[0]
             raise AnswerFileError(
                 path, number, f"cannot resume: written with different settings ({key!r}: "
-                f"{obj['settings'].get(key)!r} in the file, {settings.get(key)!r} now); choose another "
+                f"{theirs.get(key)!r} in the file, {settings.get(key)!r} now); choose another "
                 f"--answer-file or delete this one")
         done.add(obj["question_id"])
     return done

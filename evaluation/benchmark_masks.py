@@ -1,6 +1,6 @@
 """Micro-benchmark of the tree-buffer builders (the `--mask-impl` choices) on EAGLE-3 trees.
 
-The guide's `benchmark_mask_optimization.py` under a clear name. For each total_token size it
+For each total_token size it
 draws trees through the engine's own candidate expansion and `select_tree`
 (`eagle.tree.synthetic.random_tree`: top_k root children, then per level the best top_k of
 top_k * top_k cumulative log-probs), checks that every implementation returns the same buffers,
@@ -107,12 +107,12 @@ def resolve_target(cfg: BenchConfig) -> tuple:
     """(device, implementation names): the requested ones, or all available on the device.
     Exits with a message naming the choices when one is unknown or cannot run there."""
     from eagle.ea_model import resolve_device
-    from eagle.tree.masks import MaskImplUnavailable, available_mask_impls, require_available
+    from eagle.tree.masks import MaskImplUnavailable, available_mask_impls, get_mask_impl
 
     try:
         device = resolve_device(cfg.device or "auto")
         for name in cfg.impls:
-            require_available(name, device)
+            get_mask_impl(name, device)
     except (ValueError, MaskImplUnavailable) as exc:
         raise SystemExit(f"benchmark_masks: error: {exc}") from None
     return device, list(cfg.impls) or available_mask_impls(device)

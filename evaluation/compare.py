@@ -16,9 +16,10 @@ from typing import Optional
 
 import numpy as np
 
-from .answers import AnswerFileError, drafts, read_answers, settings_diff
+from .answers import AnswerFileError, drafts, read_answers
 from .machine import KEY, busy
 from .paired import MIN_QUESTIONS, Band, drift_allowance, judge, spread_pct, t_interval
+from .run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _check_settings(base: Run, opt: Run) -> list[str]:
     if "baseline" in (base.settings.get("method"), opt.settings.get("method")):
         ignore |= DRAFT_KEYS
     a, b = as_recorded_now(base.settings), as_recorded_now(opt.settings)
-    diff = settings_diff(a, b, ignore)
+    diff = RunSettings.from_dict(a).differences(RunSettings.from_dict(b), ignore)
     if diff:
         key = diff[0]
         raise AnswerFileError(
@@ -109,7 +110,8 @@ def _check_settings(base: Run, opt: Run) -> list[str]:
             f"({a.get(key)!r} vs {b.get(key)!r}); only method and mask_impl "
             f"may differ between compared runs")
     return [f"runs differ in {k!r}: {base.settings.get(k)!r} vs {opt.settings.get(k)!r}"
-            for k in settings_diff(base.settings, opt.settings) if k in ENVIRONMENT_KEYS]
+            for k in RunSettings.from_dict(base.settings).differences(
+                RunSettings.from_dict(opt.settings)) if k in ENVIRONMENT_KEYS]
 
 
 @dataclass

@@ -18,19 +18,18 @@ from typing import Optional
 import shortuuid
 import torch
 
-from eagle import fused
+from eagle.backend import Kernels
 from eagle.config import TreeConfig
-from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
 
 from . import machine
 from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
-from .gen_cli import GenConfig, GenError, Member
 from .interleave import Interrupted, Runner
 from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
                         device_name, load_tokenizer)
+from .run_settings import GenConfig, GenError, Member, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,11 @@ def check_lengths(tokenizer, cfg: GenConfig, questions: list[dict]) -> None:
                            f"{cfg.max_length}; raise --max-length or lower --max-new-token")
 
 
+def kernels_for(cfg: GenConfig) -> Kernels:
+    """The kernels a member's model runs (its settings describe this same object)."""
+    return Kernels(attention=cfg.attention_backend)
+
+
 def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, for one member's
     config. The baseline loads the base model alone: the draft head would only take memory and
@@ -87,12 +91,12 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     if cfg.preset is not None:
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
-                       cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
+                       cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
     return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
                                    max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
-                                   cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
+                                   cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
 
 
 def member_model(model, cfg: GenConfig, runtime: Runtime):
@@ -104,20 +108,21 @@ def member_model(model, cfg: GenConfig, runtime: Runtime):
 
     head = model.head if cfg.drafts else None
     return EaModel(model.base, head, model.tree, cfg.mask_impl, model.tokenizer, model.max_length,
-                   cuda_graph=cfg.graphs_on(runtime.device), attention=cfg.attention_backend)
+                   cuda_graph=cfg.graphs_on(runtime.device), kernels=kernels_for(cfg))
 
 
-def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
+def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
     """Everything that decides the outputs or the timings, and the code that wrote them; travels
     with every answer line."""
     import transformers
 
     device, dtype = runtime
+    kernels = kernels_for(cfg)
 
     def where(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
 
-    return {
+    return RunSettings.from_dict({
         "method": cfg.method,
         "mask_impl": cfg.mask_impl if cfg.drafts else None,
         "base_model": cfg.base_model_path if cfg.preset else where(cfg.base_model_path),
@@ -129,16 +134,16 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "temperature": cfg.temperature, "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
         "max_new_token": cfg.max_new_token, "max_length": cfg.max_length,
         "attention_backend": cfg.attention_backend,
-        "attention_kernel": resolve_attention(cfg.attention_backend, device) or "torch default",
+        "attention_kernel": kernels.resolve_attention(device) or "torch default",
         "cuda_graph": graph_setting(cfg, device),
-        "kernels": fused.describe(device),
-        "eagle_blas": fused.eagle_blas_label(device) if cfg.drafts else None,
+        "kernels": kernels.describe(device),
+        "eagle_blas": kernels.eagle_blas_label(device) if cfg.drafts else None,
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
         "code": code_identity(), machine.KEY: machine.capture(),
-    }
+    })
 
 
 def graph_setting(cfg: GenConfig, device: torch.device) -> str:
@@ -172,7 +177,7 @@ def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
 class Answerer:
     """Answers questions with one loaded model: chat prompts, timed generation, per-turn statistics."""
 
-    def __init__(self, model, cfg: GenConfig, settings: dict):
+    def __init__(self, model, cfg: GenConfig, settings: RunSettings):
         self.model, self.cfg, self.settings = model, cfg, settings
         self.tokenizer = model.tokenizer
 
@@ -213,7 +218,7 @@ class Answerer:
         line = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(),
                 "model_id": self.cfg.model_id, "tstamp": time.time(),
                 "category": question["category"], "choices": [t.out for t in talks],
-                "settings": machine.at_answer(self.settings)}
+                "settings": machine.at_answer(self.settings.to_dict())}
         if self.cfg.profile:
             line["profile"] = functools.reduce(ProfileReport.merge, [t.profile for t in talks]).to_dict()
         return line
@@ -244,7 +249,7 @@ class Conversation:
         result, seconds = a._generate(a._prompt_ids(messages), a.cfg.seed + self.index)
         text = answer_text(a.tokenizer, result.new_token_ids, a.model.stop_ids)
         self.replies.append(text)
-        add_turn(self.out, text, result.new_token_ids, result.accept_lengths, seconds, a.cfg.drafts)
+        add_turn(self.out, text, result.new_token_ids, result.accepted_drafts, seconds, a.cfg.drafts)
         if result.profile is not None:
             self.profile = result.profile if self.profile is None else self.profile.merge(result.profile)
 
@@ -253,7 +258,7 @@ def profile_path(answer_file: Path) -> Path:
     return answer_file.with_name(answer_file.name + ".profile.json")
 
 
-def write_profile_report(answer_file: Path, settings: dict) -> None:
+def write_profile_report(answer_file: Path, settings: RunSettings) -> None:
     """Merge the per-answer profiles of the whole file into ANSWER_FILE.profile.json and log it."""
     reports = [ProfileReport.from_dict(obj["profile"]) for _, obj in iter_lines(answer_file)
                if "profile" in obj]
@@ -261,7 +266,7 @@ def write_profile_report(answer_file: Path, settings: dict) -> None:
         return
     merged = functools.reduce(ProfileReport.merge, reports)
     path = profile_path(answer_file)
-    report = {"answers": len(reports), "settings": settings, **merged.to_dict()}
+    report = {"answers": len(reports), "settings": settings.to_dict(), **merged.to_dict()}
     write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
     log.info("step profile over %d answers (%s):\n%s", len(reports), path, merged.table())
 
@@ -276,7 +281,7 @@ def generate_answers(cfg: GenConfig) -> int:
     check_checkpoints(cfg)
     members = cfg.members()
     check_writable([m.cfg.answer_file for m in members])
-    runner = Runner(members, [run_settings(m.cfg, runtime) for m in members])
+    runner = Runner(members, [resolve_settings(m.cfg, runtime) for m in members])
     pending = runner.pending(questions)
     log.info("%s: %d questions selected, %d already answered; %s", ", ".join(map(str, runner.files)),
              len(questions), len(questions) - len(pending),
@@ -306,7 +311,7 @@ def answer_pending(runner: Runner, members: list[Member], runtime: Runtime, toke
     runner.run(pending, total)
 
 
-def finish_file(member: Member, settings: dict) -> int:
+def finish_file(member: Member, settings: RunSettings) -> int:
     """Sort and de-duplicate one member's file (the last line of a question wins); its profile."""
     path = member.cfg.answer_file
     if not path.exists():

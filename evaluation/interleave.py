@@ -24,7 +24,7 @@ import shortuuid
 from tqdm import tqdm
 
 from .answers import AnswerWriter, answered_ids, drop_torn_tail, iter_lines
-from .gen_cli import GenError, Member
+from .run_settings import GenError, Member, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def rotation(count: int, question_index: int, turn: int) -> list[int]:
     return list(range(shift, count)) + list(range(shift))
 
 
-def adopt_code(path, settings: dict) -> dict:
+def adopt_code(path, settings: RunSettings) -> RunSettings:
     """`settings` for resuming `path`: refused when the file was written by other code (another
     source fingerprint); when the code is the same, the file's own code record is kept (its git
     commit may be older), so that a file keeps one settings object."""
@@ -52,13 +52,13 @@ def adopt_code(path, settings: dict) -> dict:
     drop_torn_tail(path)
     for _, obj in iter_lines(path):
         theirs = obj.get("settings", {}).get("code") if isinstance(obj.get("settings"), dict) else None
-        ours = settings["code"]["fingerprint"]
+        ours = settings.code["fingerprint"]
         found = theirs.get("fingerprint") if isinstance(theirs, dict) else None
         if found != ours:
             raise GenError(f"cannot resume {path}: written by other code (code fingerprint "
                            f"{found or 'absent'} in the file, {ours} now); choose another "
                            f"--answer-file or delete this one")
-        return {**settings, "code": theirs}
+        return settings.with_code(theirs)
     return settings
 
 
@@ -76,14 +76,14 @@ def last_runs(path) -> dict:
 class Seat:
     """A member at the table: its config, the settings its lines carry, its answerer once loaded."""
     member: Member
-    settings: dict
+    settings: RunSettings
     answerer: Optional[object] = None  # evaluation.generate.Answerer
 
 
 class Runner:
     """Decides the order of the members and pairs their answers; writes each member's file."""
 
-    def __init__(self, members: list[Member], settings: list[dict]):
+    def __init__(self, members: list[Member], settings: list[RunSettings]):
         self.seats = [Seat(m, adopt_code(m.cfg.answer_file, s)) for m, s in zip(members, settings)]
         self.labels = [m.label for m in members]
         self.run_id = shortuuid.uuid()

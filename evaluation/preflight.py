@@ -11,13 +11,13 @@ import logging
 import os
 import platform
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
 from eagle.ea_model import resolve_device as eagle_device
 
-from .gen_cli import GenConfig, GenError
+from .run_settings import GenConfig, GenError
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,17 @@ def head_dim(cfg: GenConfig) -> int:
 
 def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
     """Refuse a backend (pinned, or auto's choice) that cannot run the engine's attention here."""
-    from eagle.llama import attention_backend, resolve_attention
+    from eagle.backend import Kernels
 
     device, dtype = runtime
-    if resolve_attention(cfg.attention_backend, device) is None:
+    kernels = Kernels(attention=cfg.attention_backend)
+    if kernels.resolve_attention(device) is None:
         return
     q = torch.zeros(1, 2, 3, head_dim(cfg), device=device, dtype=dtype)  # [1, H, S, D]
     k = torch.zeros(1, 2, 5, head_dim(cfg), device=device, dtype=dtype)
     mask = torch.zeros(3, 5, device=device, dtype=dtype)  # an additive bias, like the engine's
     try:
-        with attention_backend(cfg.attention_backend, device):
+        with kernels.attention_context(device):
             torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)
     except RuntimeError as exc:
         reason = str(exc).splitlines()[0]
@@ -89,7 +90,7 @@ def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
 def check_runtime(cfg: GenConfig) -> Runtime:
     """Device, dtype, CUDA graphs, every member's mask implementation and the attention backend,
     here."""
-    from eagle.tree.masks import MaskImplUnavailable, require_available
+    from eagle.tree.masks import MaskImplUnavailable, get_mask_impl
 
     device = resolve_device(cfg.device)
     runtime = Runtime(device, resolve_dtype(cfg.dtype, device))
@@ -99,38 +100,17 @@ def check_runtime(cfg: GenConfig) -> Runtime:
     if cfg.drafts:
         for impl in dict.fromkeys(cfg.mask_impls):
             try:
-                require_available(impl, device)
+                get_mask_impl(impl, device)
             except MaskImplUnavailable as exc:
                 raise GenError(f"--mask-impl {impl}: {exc}") from None
     check_attention_backend(cfg, runtime)
     return runtime
 
 
-class Kind(NamedTuple):
-    head: bool  # an EAGLE draft head (else a base model)
-    why: str  # in words, for messages
-
-
-def checkpoint_kind(directory: str) -> Optional[Kind]:
-    """What DIR/config.json describes (a head: an Eagle architecture name or a single layer), or
-    None without a readable config."""
-    from eagle.config import ConfigError, read_config
-
-    try:
-        config = read_config(Path(directory) / "config.json")
-    except (ConfigError, OSError):  # absent, unreadable or not a JSON object: loading will say
-        return None
-    eagle_arch = [a for a in config.get("architectures") or [] if "eagle" in str(a).lower()]
-    layers = config.get("num_hidden_layers")
-    if eagle_arch:
-        return Kind(True, f"an EAGLE draft head (architecture {eagle_arch[0]})")
-    if layers == 1:
-        return Kind(True, "an EAGLE draft head (a config with one layer)")
-    return Kind(False, f"a base model ({layers} layers)") if isinstance(layers, int) else None
-
-
 def check_checkpoints(cfg: GenConfig) -> None:
     """A draft head given as the base model, a base given as the head, or the two swapped."""
+    from eagle.checkpoint import checkpoint_kind
+
     if cfg.preset is not None:
         return
     base, head = cfg.base_model_path, cfg.ea_model_path

@@ -38,7 +38,7 @@ case ${1:-} in
       bash scripts/tree_sweep.sh "$OUT_DIR/sweep"
     ;;
   peer)
-    "$PYTHON" scripts/peer_transformers.py --tokenizer checkpoints/tiny/base \
+    "$PYTHON" -m benchmarks.peer_transformers --tokenizer checkpoints/tiny/base \
       --question-end "${QUESTION_END:-10}" --max-new-token "${MAX_NEW_TOKEN:-256}" \
       --out "$OUT_DIR/peer.json"
     ;;

@@ -223,7 +223,7 @@ main() {
   for impl in ${impls//,/ }; do
     [[ $impl == rebuild ]] || compare "rebuild-vs-$impl" "$ref" "$OUT_DIR/$MODEL_ID-$impl.jsonl" 1
   done
-  [[ $(head -n 1 "$ref") == *'"dtype": "float32"'* ]] && strict=1
+  [[ $("$PYTHON" -m evaluation.settings_of "$ref" dtype) == float32 ]] && strict=1
   compare "baseline-vs-rebuild" "$base" "$ref" "$strict"
   if [[ $REPEAT == 1 ]]; then
     local why="the same command in another process; in reduced precision the GPU kernels need not reproduce bit for bit"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tree-configuration sweep: scripts/run_mt_bench.sh once per draft tree, profiled (PROFILE=1), then
-# scripts/sweep_table.py over the results (step time, tree-buffer share and mean acceptance length per
+# benchmarks/sweep_table.py over the results (step time, tree-buffer share and mean acceptance length per
 # mask implementation; tokens/s at acceptance lengths 1/3/5/7 as arithmetic).
 #
 #   bash scripts/tree_sweep.sh OUT_DIR
@@ -22,4 +22,4 @@ for tree in 60/5/10 60/8/10 128/5/10 8/7/1; do
     bash scripts/run_mt_bench.sh
   folders+=("$folder")
 done
-"$PYTHON" scripts/sweep_table.py "${folders[@]}" --markdown "$OUT/sweep.md"
+"$PYTHON" -m benchmarks.sweep_table "${folders[@]}" --markdown "$OUT/sweep.md"

@@ -1,7 +1,7 @@
-"""Shared fixtures: the tiny checkpoints from `eagle.tiny` (built once per test session), the MT-Bench
-questions (the shipped data/mt_bench/question.jsonl, checked against the published sha256), one
-torch thread for modules that decode the tiny model, and the scripts/ folder's scripts as modules."""
-import importlib.util
+"""The `gpu` marker's skip without CUDA (here, for every test file), and shared fixtures: the tiny
+checkpoints from `eagle.build.tiny` (built once per test session), the MT-Bench questions (the
+shipped data/mt_bench/question.jsonl, checked against the published sha256), one torch thread for
+modules that decode the tiny model, and the Triton interpreter."""
 import os
 import sys
 from pathlib import Path
@@ -10,28 +10,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO / "data" / "mt_bench" / "question.jsonl"
-SCRIPTS = REPO / "scripts"
 
 
-@pytest.fixture
-def load_script(monkeypatch):
-    """load_script(NAME): scripts/NAME.py as a module, its folder on sys.path as when it runs
-    (the scripts import each other)."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` skip, each with the reason, where no CUDA device is available."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
 
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+        for item in gpu:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """DIR holding DIR/base (HF Llama + tokenizer) and DIR/draft (EAGLE-3 head), seed 0."""
-    from eagle.tiny import build
+    from eagle.build.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny_ckpt"))
 

@@ -1,12 +1,14 @@
-"""scripts/bench_blas.py: the per-library summary of alternated rounds, its arguments, and its
+"""benchmarks/blas.py: the per-library summary of alternated rounds, its arguments, and its
 refusal without a GPU."""
 import pytest
 import torch
 
 
 @pytest.fixture
-def script(load_script):
-    return load_script("bench_blas")
+def script():
+    from benchmarks import blas
+
+    return blas
 
 
 def test_summary_takes_each_librarys_median_and_checks_its_tokens(script):

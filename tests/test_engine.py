@@ -55,7 +55,7 @@ def test_greedy_eagle_equals_transformers_generate(models):
         res = ea.generate(ids, max_new_tokens=64)
         assert res.new_token_ids == hf_greedy(hf, ea, ids, 64)
         assert res.output_ids[0].tolist() == ids[0].tolist() + res.new_token_ids
-        accepted += res.accept_lengths
+        accepted += res.accepted_drafts
     assert len(accepted) > 0
 
 
@@ -112,7 +112,7 @@ def test_oracle_tree_is_fully_accepted(models):
     truth = hf_greedy(hf, ea, ids, 200, stop_ids={-1})
     res = run_with_oracle(ea, ids, truth, 7 * (DEPTH + 2))
     assert res.new_token_ids == truth[: 7 * (DEPTH + 2)]
-    assert res.accept_lengths == [DEPTH + 1] * 7
+    assert res.accepted_drafts == [DEPTH + 1] * 7
 
 
 def test_eos_inside_accepted_span_ends_the_output(models):
@@ -131,7 +131,7 @@ def test_seeded_sampling_is_reproducible(models):
     ids = encode(ea.get_tokenizer(), CHAT[2], True)
     a = ea.generate(ids, temperature=0.8, top_p=0.9, top_k=50, max_new_tokens=40, seed=11)
     b = ea.generate(ids, temperature=0.8, top_p=0.9, top_k=50, max_new_tokens=40, seed=11)
-    assert a.new_token_ids == b.new_token_ids and a.accept_lengths == b.accept_lengths
+    assert a.new_token_ids == b.new_token_ids and a.accepted_drafts == b.accepted_drafts
     c = ea.naive_generate(ids, temperature=0.8, max_new_tokens=40, seed=11)
     d = ea.naive_generate(ids, temperature=0.8, max_new_tokens=40, seed=11)
     assert c.new_token_ids == d.new_token_ids

@@ -1,4 +1,4 @@
-"""The fused path (eagle.fused): stacked projection weights stay views of their stack, each Triton
+"""The fused path (eagle.fused, chosen per model by eagle.backend.Kernels): stacked projection weights stay views of their stack, each Triton
 kernel computes what the PyTorch operations it replaces compute, and a model decodes the same
 tokens on either path.
 
@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from eagle import EaModel, fused
+from eagle.backend import Kernels
 from eagle.config import TreeConfig
 from eagle.draft import level_masks
 from eagle.llama import KVCache, RMSNorm, apply_rotary, stack_projections
 from eagle.presets import build_random
 
-ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TREE = TreeConfig(20, 4, 4)
 
 
@@ -63,45 +63,64 @@ def test_attention_kernel_takes_heads_of_16_or_more(monkeypatch):
     from eagle.config import ModelArgs
     from eagle.llama import Attention
 
-    monkeypatch.setattr(fused, "active", lambda device: True)
+    monkeypatch.setattr(Kernels, "active", lambda self, device: True)
     cuda = torch.device("cuda")
     for head_dim, kernel in ((8, False), (16, True)):
         args = ModelArgs(hidden_size=4 * head_dim, intermediate_size=8, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=32)
         attn = Attention(args, args.hidden_size)
         assert attn.fused_rope(cuda) and attn.fused_attention(cuda) == kernel
-        with fused.sdpa_only():
-            assert not attn.fused_attention(cuda)
+        Kernels(attention="efficient").install(attn)  # a pinned SDPA backend
+        assert not attn.fused_attention(cuda)
 
 
 def test_cpu_models_take_the_torch_path():
-    assert not fused.active(torch.device("cpu")) and fused.describe(torch.device("cpu")) == "torch"
-    with fused.unfused():
-        assert fused.describe(torch.device("cuda")) == "torch"
+    cpu = torch.device("cpu")
+    assert not Kernels().active(cpu) and Kernels().describe(cpu) == "torch"
+    assert Kernels(fused=False).describe(torch.device("cuda")) == "torch"
+
+
+def test_two_models_hold_their_own_kernels():
+    """Kernels are chosen per model: building a second model with others changes nothing in the
+    first (its modules, its attention kernel, its graphs' fingerprint)."""
+    pinned, default = Kernels(attention="math"), Kernels()
+    models = [EaModel(*build_random("tiny", torch.float32, torch.device("cpu"), seed=0), TREE,
+                      max_length=256, kernels=kernels) for kernels in (pinned, default)]
+    for model, kernels in zip(models, (pinned, default)):
+        held = {id(m.kernels) for m in (*model.base.modules(), *model.head.modules())
+                if hasattr(m, "kernels")}
+        assert held == {id(kernels)} and model.kernels is kernels
+    cpu = torch.device("cpu")
+    assert [m.kernels.resolve_attention(cpu) for m in models] == ["math", None]
+    assert models[0]._fingerprint([], []) != models[1]._fingerprint([], [])
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    first = models[0].generate(prompt, max_new_tokens=8).new_token_ids
+    models[1].generate(prompt, max_new_tokens=8)
+    assert models[0].generate(prompt, max_new_tokens=8).new_token_ids == first
 
 
 def test_eagle_blas_keeps_torch_default_off_the_fused_path(monkeypatch):
     before = torch.backends.cuda.preferred_blas_library()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(fused, "active", lambda device: True)  # a CPU tensor never asks
-    assert fused.eagle_blas_name(cpu) is None and fused.eagle_blas_name(cuda) == "cublaslt"
-    with fused.eagle_blas(cpu):
+    monkeypatch.setattr(Kernels, "active", lambda self, device: True)  # a CPU tensor never asks
+    kernels = Kernels()
+    assert kernels.eagle_blas_name(cpu) is None and kernels.eagle_blas_name(cuda) == "cublaslt"
+    with kernels.blas_context(cpu):
         assert torch.backends.cuda.preferred_blas_library() == before
     monkeypatch.setattr(torch.version, "hip", "6.4")  # a ROCm build: not what was measured
-    assert fused.eagle_blas_name(cuda) is None
+    assert kernels.eagle_blas_name(cuda) is None
     monkeypatch.setattr(torch.version, "hip", None)
-    with fused.preferring_blas(None):  # for this block only
-        assert fused.eagle_blas_name(cuda) is None and fused.eagle_blas_label(cuda) == "torch default"
-    assert fused.eagle_blas_label(cuda) == "cublaslt"
-    monkeypatch.setattr(fused, "active", lambda device: False)
-    assert fused.eagle_blas_name(cuda) is None
+    default = Kernels(eagle_blas=None)  # torch's default library, for this model only
+    assert default.eagle_blas_name(cuda) is None and default.eagle_blas_label(cuda) == "torch default"
+    assert kernels.eagle_blas_label(cuda) == "cublaslt"
+    monkeypatch.setattr(Kernels, "active", lambda self, device: False)
+    assert kernels.eagle_blas_name(cuda) is None
 
 
 @pytest.mark.gpu
-@ON_GPU
 def test_eagle_blas_prefers_cublaslt_inside_and_restores_gpu():
     before = torch.backends.cuda.preferred_blas_library()
-    with fused.eagle_blas(torch.device("cuda")):
+    with Kernels().blas_context(torch.device("cuda")):
         assert torch.backends.cuda.preferred_blas_library() == torch._C._BlasBackend.Cublaslt
     assert torch.backends.cuda.preferred_blas_library() == before
 
@@ -180,8 +199,7 @@ def check_draft_level_mask(ops, device: str) -> None:
         ctx = torch.tensor(ctx, device=device)  # the last two: levels past the window's end
         got = want = rows = None  # the ancestor rows of the level before
         for _ in range(3):
-            with fused.unfused():
-                want, want_mask = level_masks(want, rows, ctx, k, width)
+            want, want_mask = level_masks(want, rows, ctx, k, width, Kernels(fused=False))
             got, got_mask = ops.draft_level_mask(got, rows, ctx, k, width)
             assert torch.equal(got, want) and torch.equal(got_mask, want_mask)
             rows = torch.randint(0, k, (k,), generator=gen).to(device)
@@ -245,21 +263,19 @@ def test_fused_engine_decodes_the_torch_tokens_interpreted(triton_interpreter, m
     base, head = build_random("tiny", torch.float32, torch.device("cpu"), seed=0)
     prompt = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(0))
     want = decode(EaModel(base, head, TREE, max_length=128), prompt, 12)
-    monkeypatch.setattr(fused, "active", lambda device: True)
+    monkeypatch.setattr(Kernels, "active", lambda self, device: True)
     model = EaModel(base, head, TREE, max_length=128)
     assert all(m.qkv is not None for m in model.modules() if hasattr(m, "qkv"))
     assert decode(model, prompt, 12) == want
 
 
 @pytest.mark.gpu
-@ON_GPU
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_kernels_match_torch_gpu(dtype):
     check_kernels(fused.ops(), "cuda", dtype)
 
 
 @pytest.mark.gpu
-@ON_GPU
 @pytest.mark.parametrize("preset", ["tiny", "llama3.1-8b"])
 def test_fused_path_decodes_the_torch_tokens_gpu_fp32(preset):
     """float32 on the GPU, graphs on: the fused path (the CUDA default) decodes what PyTorch's
@@ -269,9 +285,10 @@ def test_fused_path_decodes_the_torch_tokens_gpu_fp32(preset):
                            generator=torch.Generator().manual_seed(0)).cuda()
     model = EaModel(base, head, TreeConfig(60, 5, 10), max_length=512)
     got = decode(model, prompt, 48)
-    with fused.unfused():
-        want = decode(EaModel(base, head, TreeConfig(60, 5, 10), max_length=512), prompt, 48)
-    assert got == want
+    torch_ops = EaModel(base, head, TreeConfig(60, 5, 10), max_length=512,
+                        kernels=Kernels(fused=False))
+    assert torch_ops.kernels.describe(torch_ops.device) == "torch"
+    assert decode(torch_ops, prompt, 48) == got
 
 
 def test_stack_projections_reaches_base_and_head():

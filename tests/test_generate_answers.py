@@ -199,8 +199,8 @@ def test_multi_turn_prompt_carries_the_history(tiny_ckpt):
     from transformers import AutoTokenizer
 
     from eagle.ea_model import GenerationResult
-    from evaluation.gen_cli import GenConfig
     from evaluation.generate import SYSTEM_PROMPT, Answerer
+    from evaluation.run_settings import GenConfig
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_ckpt / "base"))
     reply = tokenizer.encode("The capital is Paris.", add_special_tokens=False)

@@ -7,8 +7,7 @@ from eagle.config import TreeConfig
 from eagle.presets import preset_model
 from eagle.tree.masks import MASK_IMPLS
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = pytest.mark.gpu
 
 
 def decode_all(model: EaModel, prompts, **kwargs) -> dict:

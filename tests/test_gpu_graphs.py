@@ -3,14 +3,14 @@ default (deterministic) kernels reproduce themselves, and a captured step never 
 import pytest
 import torch
 
-from eagle import EaModel, fused
+from eagle import EaModel
 from eagle.config import TreeConfig
 from eagle.presets import build_random
+from eagle.profiling import no_section
 from eagle.step import window_for
-from eagle.tree.masks import MASK_IMPLS, no_section
+from eagle.tree.masks import MASK_IMPLS
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = pytest.mark.gpu
 
 TREE = TreeConfig(60, 5, 10)
 
@@ -73,9 +73,9 @@ def test_captured_and_eager_triton_steps_never_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        with torch.inference_mode(), fused.eagle_blas(model.device):  # as generate runs them
-            model.eagle_step.run(model.graphs, window, no_section, fused=True)
-            eager.eagle_step.run(eager.graphs, window, no_section, fused=False)
+        with torch.inference_mode(), model.kernels.blas_context(model.device):  # as generate runs them
+            model.eagle_step.run(model.graphs, window, no_section, one_graph=True)
+            eager.eagle_step.run(eager.graphs, window, no_section, one_graph=False)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert model.eagle_step.result() and eager.eagle_step.result()

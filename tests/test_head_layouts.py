@@ -10,13 +10,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eagle import EaModel
+from eagle.build.tiny import build
+from eagle.build.train import TinySpec
 from eagle.checkpoint import CheckpointError, load_draft
 from eagle.config import ConfigError
 from eagle.draft import Eagle3Draft
 from eagle.llama import LlamaForCausalLM, causal_mask
 from eagle.presets import PRESETS
-from eagle.tiny import build, main
-from eagle.tiny_train import TinySpec
+from eagle.tiny import main
 
 CPU = torch.device("cpu")
 CHAT = ["What is the capital of France?", "Write a short poem about the sea.",
@@ -81,7 +82,7 @@ def assert_lossless(base_dir: Path, head_dir: Path, hf, tok) -> list:
         ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                           max_new_tokens=NEW, eos_token_id=sorted(ea.stop_ids), pad_token_id=0)
         assert res.new_token_ids == ref[0, ids.shape[1]:].tolist(), text
-        accepts += res.accept_lengths
+        accepts += res.accepted_drafts
     return accepts
 
 
@@ -259,3 +260,14 @@ def test_llama33_70b_preset_is_a_wide_target_pair():
     assert shapes["lm_head.weight"] == (32000, 6144)
     assert round(sum(p.numel() for p in base.parameters()) / 1e9, 1) == 70.6  # the docstring's
     assert round(sum(p.numel() for p in head.parameters()) / 1e9, 1) == 1.6
+
+
+def test_swapped_paths_in_the_python_api_say_which_is_which(tiny_ckpt):
+    with pytest.raises(CheckpointError) as exc:
+        EaModel.from_pretrained(tiny_ckpt / "draft", tiny_ckpt / "base", torch_dtype=torch.float32,
+                                device_map="cpu")
+    message = str(exc.value)
+    assert "swap" in message and str(tiny_ckpt / "draft") in message and "draft head" in message
+    with pytest.raises(CheckpointError, match="not an EAGLE-3 draft head"):
+        EaModel.from_pretrained(tiny_ckpt / "base", tiny_ckpt / "base", torch_dtype=torch.float32,
+                                device_map="cpu")

@@ -11,7 +11,8 @@ import pytest
 from evaluation import speed
 from evaluation.answers import answer_problem, iter_lines, settings_diff
 from evaluation.code_version import source_fingerprint
-from evaluation.gen_cli import Member, main as gen_main, member_labels
+from evaluation.gen_cli import main as gen_main
+from evaluation.run_settings import Member, member_labels
 from evaluation.interleave import Runner, rotation
 
 
@@ -212,11 +213,11 @@ class Scripted:
 
 
 def test_runner_takes_turns_in_rotating_order_each_member_with_its_own_history(tmp_path):
-    from evaluation.gen_cli import GenConfig
+    from evaluation.run_settings import GenConfig, RunSettings
 
     cfg = GenConfig("eagle", "b", "d", None, tmp_path / "{impl}.jsonl", tmp_path / "q.jsonl",
                     mask_impl="rebuild,vectorized")
-    settings = {"code": {"fingerprint": "x"}}
+    settings = RunSettings.from_dict({"code": {"fingerprint": "x"}})
     runner = Runner(cfg.members(), [settings, settings])
     calls: list = []
     runner.seat(lambda member, _settings: Scripted(member.label, calls))

@@ -1,4 +1,4 @@
-"""scripts/kernel_profile.py: per-unit kernel tables net of the one-token run, and its refusal
+"""benchmarks/kernel_profile.py: per-unit kernel tables net of the one-token run, and its refusal
 without a GPU."""
 from types import SimpleNamespace
 
@@ -7,8 +7,10 @@ import torch
 
 
 @pytest.fixture
-def script(load_script):
-    return load_script("kernel_profile")
+def script():
+    from benchmarks import kernel_profile
+
+    return kernel_profile
 
 
 def event(name: str, us: float, device: str = "CUDA"):

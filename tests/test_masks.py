@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from eagle.config import TreeConfig
 from eagle.draft import Drafter
 from eagle.presets import build_random
+from eagle.profiling import no_section
 from eagle.tree import masks
 from eagle.tree.masks import MASK_IMPLS, MaskImplUnavailable, build_tree_buffers
 from eagle.tree.synthetic import expand_tree, fit_tree_config, random_tree
@@ -151,7 +152,7 @@ def drafter_trees(total_token: int, depth: int, top_k: int, steps: int) -> list[
             m = 5 if step == 0 else 2
             features = torch.randn(1, m, 3 * base.args.hidden_size, generator=gen)
             tokens = torch.randint(0, base.args.vocab_size, (m,), generator=gen)
-            out.append(drafter.step(features, tokens, masks.no_section).parents.tolist())
+            out.append(drafter.step(features, tokens, no_section).parents.tolist())
     return out
 
 
@@ -192,7 +193,7 @@ def test_expand_tree_matches_drafter():
     drafter = Drafter(head, base.model.embed_tokens, tree, 256)
     with torch.inference_mode():
         features = torch.randn(1, 4, 3 * base.args.hidden_size)
-        drafted = drafter.step(features, torch.tensor([3, 4, 5, 6]), masks.no_section)
+        drafted = drafter.step(features, torch.tensor([3, 4, 5, 6]), no_section)
     synthetic = expand_tree(seen[0], lambda level: seen[level + 1], tree)
     assert torch.equal(drafted.parents, synthetic.parents)
 
@@ -276,8 +277,7 @@ def test_triton_interpreted_selected_trees(interpreted, total_token, depth, top_
 class TestGpu:
     """The sync-free implementations on CUDA: equal to the reference, and no host sync."""
 
-    pytestmark = [pytest.mark.gpu,
-                  pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+    pytestmark = pytest.mark.gpu
 
     @pytest.mark.parametrize("impl", SYNC_FREE)
     @pytest.mark.parametrize("name", EXPLICIT)

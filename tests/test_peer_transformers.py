@@ -1,14 +1,15 @@
-"""scripts/peer_transformers.py hands the preset's weights to transformers unchanged: same greedy tokens."""
+"""benchmarks/peer_transformers.py hands the preset's weights to transformers unchanged: same greedy tokens."""
 import pytest
 import torch
 
+from benchmarks import peer_transformers
 from eagle.config import TreeConfig
 from eagle.ea_model import EaModel
 from eagle.presets import build_random
 
 
-def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine(load_script):
-    peer = load_script("peer_transformers").hf_model("tiny", torch.float32, 3, torch.device("cpu"))
+def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine():
+    peer = peer_transformers.hf_model("tiny", torch.float32, 3, torch.device("cpu"))
     base, _ = build_random("tiny", torch.float32, torch.device("cpu"), 3, draft=False)
     ids = torch.randint(0, base.args.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     theirs = peer.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0,
@@ -17,13 +18,13 @@ def test_peer_model_holds_the_preset_weights_and_decodes_like_the_engine(load_sc
     assert theirs == ours
 
 
-def test_report_is_saved_after_every_turn_and_flags_slow_ones(tmp_path, load_script):
+def test_report_is_saved_after_every_turn_and_flags_slow_ones(tmp_path):
     """A run stopped mid-way leaves a readable report of its turns (complete: false); a turn far
     slower per token than the median (a recompile inside timing) is named."""
     import argparse
     import json
 
-    peer = load_script("peer_transformers")
+    peer = peer_transformers
     args = argparse.Namespace(cache="static", preset="tiny", dtype="float32", max_new_token=8,
                               out=tmp_path / "peer.json")
     turn = {"question_id": 81, "turn": 1, "prompt_tokens": 30, "new_tokens": 8, "wall_time": 0.08,

@@ -11,7 +11,7 @@ from eagle.llama import causal_mask, tree_attention_mask
 from eagle.presets import build_random
 from eagle.step import MIN_WINDOW, all_windows, window_for
 from eagle.tree.masks import build_tree_buffers
-from eagle.verify import accept_greedy, greedy_accept
+from eagle.verify import accept_greedy, accept_greedy_on_device
 
 
 @pytest.mark.parametrize("max_len", [64, 128, 300, 4096])
@@ -68,7 +68,7 @@ def test_greedy_acceptance_on_the_device_pads_past_the_count():
     for node, nxt in ((0, 3), (3, 4), (4, 7)):
         logits[node, nxt] = 5.0
     retrieve = build_tree_buffers(parents, 4, "vectorized").retrieve_indices  # [4, 5], -1 padded
-    res = greedy_accept(logits, tokens, retrieve)
+    res = accept_greedy_on_device(logits, tokens, retrieve)
     assert int(res.count) == 3 and res.path.tolist() == [0, 3, 4, 0, 0]
     assert res.tokens.tolist() == [3, 4, 7, 0, 0]
     assert accept_greedy(logits, tokens, retrieve).tokens == [3, 4, 7]

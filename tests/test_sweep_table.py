@@ -1,14 +1,12 @@
 """The committed GPU sweep table regenerates from the committed result folders
-(scripts/sweep_table.py), which moved from where the sweep wrote them: answers are found beside
+(benchmarks/sweep_table.py), which moved from where the sweep wrote them: answers are found beside
 their profile reports."""
-import sys
 from pathlib import Path
+
+from benchmarks import sweep_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "docs" / "results" / "h100" / "sweep"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import sweep_table  # noqa: E402  (a script of this repository, not a package)
 
 
 def test_committed_sweep_table_regenerates(tmp_path):

@@ -13,12 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eagle import EaModel
 from eagle.checkpoint import load_base, load_draft
 from eagle.llama import KVCache, causal_mask
-from eagle.tiny import SPECIAL_TOKENS, build, encode_corpus, main
+from eagle.build.corpus import BOS, EOT, EOT_TEXT, corpus, render_chat
+from eagle.build.tiny import SPECIAL_TOKENS, build, encode_corpus
+from eagle.build.train import TinySpec, base_forward, draft_forward, grow, vocab_map
 from eagle.config import ModelArgs
 from eagle.llama import LlamaForCausalLM
 from eagle.presets import randomize_
-from eagle.tiny_train import TinySpec, base_forward, draft_forward, grow, vocab_map
-from eagle.tiny_corpus import BOS, EOT, EOT_TEXT, corpus, render_chat
+from eagle.tiny import main
 
 CPU = torch.device("cpu")
 MESSAGES = [{"role": "system", "content": "You are a helpful, respectful and honest assistant."},
@@ -159,12 +160,35 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
     assert torch.equal(head.t2d, load_draft(one / "draft", torch.float32, CPU).t2d)
 
 
-def test_refuses_to_overwrite_without_force(tiny_ckpt, caplog):
+def test_a_finished_build_of_the_same_settings_is_reused(tiny_ckpt, caplog):
+    before = sha256(tiny_ckpt / "base" / "model.safetensors")
+    with caplog.at_level(logging.INFO):
+        assert main(["--out", str(tiny_ckpt)]) == 0
+    assert "reusing" in caplog.text
+    assert sha256(tiny_ckpt / "base" / "model.safetensors") == before
+
+
+def test_refuses_other_settings_or_an_unfinished_build_without_force(tiny_ckpt, tmp_path, caplog):
     before = sha256(tiny_ckpt / "base" / "model.safetensors")
     with caplog.at_level(logging.ERROR):
-        assert main(["--out", str(tiny_ckpt)]) == 2
-    assert "--force" in caplog.text and "not empty" in caplog.text
+        assert main(["--out", str(tiny_ckpt), "--seed", "1"]) == 2
+    assert "--force" in caplog.text and "other settings" in caplog.text
     assert sha256(tiny_ckpt / "base" / "model.safetensors") == before
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["--out", str(tmp_path)]) == 2
+    assert "--force" in caplog.text and "not empty" in caplog.text
+    assert (tmp_path / "base" / "config.json").read_text() == "{}"
+
+
+def test_force_rebuilds_a_finished_build(tmp_path):
+    spec = TinySpec(**QUICK)
+    out = build(tmp_path, spec)
+    (out / "base" / "stale").write_text("left by an earlier build")
+    build(out, spec, force=True)
+    assert not (out / "base" / "stale").exists() and (out / "build.json").is_file()
 
 
 def test_help_exits_cleanly(capsys):
@@ -181,5 +205,5 @@ def test_ea_model_generates_losslessly_with_real_acceptance(tiny_ckpt, prompt_id
     plain = model.naive_generate(prompt_ids, max_new_tokens=64)
     assert result.new_token_ids == plain.new_token_ids
     assert len(set(result.new_token_ids)) > 8  # the base writes varied text, not one token forever
-    mean_accept = sum(result.accept_lengths) / len(result.accept_lengths)
-    assert mean_accept >= 1.0, result.accept_lengths
+    mean_accept = sum(result.accepted_drafts) / len(result.accepted_drafts)
+    assert mean_accept >= 1.0, result.accepted_drafts

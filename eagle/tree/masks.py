@@ -8,13 +8,12 @@ Contract shared by every implementation: `parents` is an int64 tensor [T] on the
   increasing node order, padded with -1. Implementations may add rows of -1 after the real ones
   and -1 columns up to `max_depth + 1`, so that their shapes need no host round trip.
 
-Implementations: `rebuild` (upstream) and `incremental` (the user's guide) read the parents on
+Implementations: `rebuild` (upstream) and `incremental` read the parents on
 the host; `vectorized` (tensor ops) and `triton` (one kernel launch, `triton_tree.py`) never sync
 and return fixed shapes ([T, max_depth+1] retrieve indices).
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
@@ -22,12 +21,7 @@ import torch
 from torch import Tensor
 
 from ..fused import has_triton
-
-Section = Callable[[str], AbstractContextManager]
-
-
-def no_section(_name: str) -> AbstractContextManager:
-    return nullcontext()
+from ..profiling import TimeSection, no_section
 
 
 class TreeBuffers(NamedTuple):
@@ -36,7 +30,7 @@ class TreeBuffers(NamedTuple):
     retrieve_indices: Tensor  # [R, C] int64, -1 padded
 
 
-BuildFn = Callable[[Tensor, int, Section], TreeBuffers]
+BuildFn = Callable[[Tensor, int, TimeSection], TreeBuffers]
 Requirement = Callable[[torch.device], Optional[str]]  # device -> why the impl cannot run, or None
 
 
@@ -73,25 +67,29 @@ def available_mask_impls(device: torch.device) -> list[str]:
     return [name for name, impl in MASK_IMPLS.items() if impl.unavailable(torch.device(device)) is None]
 
 
-def require_available(name: str, device: torch.device) -> None:
-    """Raise `MaskImplUnavailable` naming the alternatives if `name` cannot run on `device`."""
-    reason = get_mask_impl(name).unavailable(torch.device(device))
+def known_mask_impl(name: str) -> bool:
+    return name in MASK_IMPLS
+
+
+def get_mask_impl(name: str, device: Optional[torch.device] = None) -> MaskImpl:
+    """The implementation registered as `name` (`ValueError` naming the registered ones when there
+    is none); given a `device`, `MaskImplUnavailable` naming the alternatives when it cannot run
+    there. Every check of a mask implementation's name goes through here."""
+    try:
+        impl = MASK_IMPLS[name]
+    except KeyError:
+        raise ValueError(f"unknown mask implementation {name!r}; choose one of "
+                         f"{', '.join(MASK_IMPLS)}") from None
+    reason = impl.unavailable(torch.device(device)) if device is not None else None
     if reason is not None:
         others = [n for n in available_mask_impls(device) if n != name]
         raise MaskImplUnavailable(f"mask implementation {name!r} cannot run here: {reason}; "
                                   f"use one of: {', '.join(others)}")
-
-
-def get_mask_impl(name: str) -> MaskImpl:
-    try:
-        return MASK_IMPLS[name]
-    except KeyError:
-        raise ValueError(f"unknown mask implementation {name!r}; choose one of "
-                         f"{', '.join(MASK_IMPLS)}") from None
+    return impl
 
 
 def build_tree_buffers(parents: Tensor, max_depth: int, impl: str = "rebuild",
-                       section: Section = no_section) -> TreeBuffers:
+                       section: TimeSection = no_section) -> TreeBuffers:
     return get_mask_impl(impl).build(parents, max_depth, section)
 
 
@@ -115,7 +113,7 @@ def leaf_paths(parent_list: list[int], depth_list: list[int]) -> list[list[int]]
 
 @register("rebuild", sync_free=False,
           summary="upstream: one .tolist(), O(T^2) row ORs on the CPU, copy to the device")
-def build_rebuild(parents: Tensor, max_depth: int, section: Section = no_section) -> TreeBuffers:
+def build_rebuild(parents: Tensor, max_depth: int, section: TimeSection = no_section) -> TreeBuffers:
     dev, t = parents.device, parents.shape[0]
     with section("tree_mask"):
         parent_list = parents.tolist()
@@ -132,13 +130,13 @@ def build_rebuild(parents: Tensor, max_depth: int, section: Section = no_section
 
 
 @register("incremental", sync_free=False,
-          summary="the guide's: device buffer, one .item() per row, parent row clone")
-def build_incremental(parents: Tensor, max_depth: int, section: Section = no_section) -> TreeBuffers:
-    """The guide's "incremental" build, kept as written there.
+          summary="device buffer, one .item() per row, parent row clone")
+def build_incremental(parents: Tensor, max_depth: int, section: TimeSection = no_section) -> TreeBuffers:
+    """The mask built row by row on the device: each row is its parent's row plus itself.
 
     Cost: T host syncs (one `.item()` per row) plus T row copies of T+1 elements, so O(T^2) work
-    and T round trips; the retrieve indices then cost two `.tolist()` syncs (upstream way). The
-    guide's `if parent >= 0` guard is left out: the contract makes every parent >= 0.
+    and T round trips; the retrieve indices then cost two `.tolist()` syncs (upstream way). No
+    `parent >= 0` guard: the contract makes every parent >= 0.
     """
     dev, t = parents.device, parents.shape[0]
     with section("tree_mask"):
@@ -185,7 +183,7 @@ def leaf_rows(parents: Tensor, table: Tensor, positions: Tensor) -> Tensor:
 
 @register("vectorized", sync_free=True,
           summary="tensor ops on the device, no host sync: all nodes climb together (depth+1 gathers)")
-def build_vectorized(parents: Tensor, max_depth: int, section: Section = no_section) -> TreeBuffers:
+def build_vectorized(parents: Tensor, max_depth: int, section: TimeSection = no_section) -> TreeBuffers:
     """Every node climbs its parent chain at once: max_depth gathers, one scatter for the mask.
 
     Cost: O(T * max_depth) work in about max_depth + 15 kernel launches, no host sync, shapes
@@ -214,13 +212,13 @@ def triton_unavailable(device: torch.device) -> Optional[str]:
 @register("triton", sync_free=True,
           summary="one Triton kernel launch writes mask, positions and retrieve indices (CUDA only)",
           unavailable=triton_unavailable)
-def build_triton(parents: Tensor, max_depth: int, section: Section = no_section) -> TreeBuffers:
+def build_triton(parents: Tensor, max_depth: int, section: TimeSection = no_section) -> TreeBuffers:
     """One kernel launch (see `eagle.tree.triton_tree`); shapes and ordering as `vectorized`.
 
     Cost: a single launch, no host sync, no memset: O((T+1)^2) mask bytes written once plus
     O(T * depth) climbing. Profiled as one "tree_mask" section, which includes the retrieve
     indices. Raises `MaskImplUnavailable` without CUDA or without triton."""
-    require_available("triton", parents.device)
+    get_mask_impl("triton", parents.device)
     from .triton_tree import tree_buffers_triton
 
     with section("tree_mask"):

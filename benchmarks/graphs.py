@@ -4,14 +4,14 @@ On the random-weight preset (default Llama-3.1-8B shapes, fp16), one random prom
 in ms/token, the EAGLE step in ms/step for every mask implementation, the per-segment step profile
 in graph mode, the capture cost (time, memory), token-level checks (graphs vs eager, a repeat in
 the same process), with `--modes ...,unfused` the same graphs over PyTorch's separate pointwise
-kernels instead of the fused ones (eagle.fused; EAGLE's products then run on torch's default BLAS
+kernels instead of the fused ones (`Kernels(fused=False)`; EAGLE's products then run on torch's default BLAS
 library, as `eagle_blas` in each mode's report says) and, with --hf, transformers' `generate` with a
 static cache (compiled, CUDA graphs) on the same weights.
 
 ms/token = (wall(new tokens) - wall(1 token)) / (new - 1), the device synchronised around each
 call, median of --repeat calls: the prefill cancels out. ms/step likewise divides by the steps.
 
-    python scripts/bench_graphs.py --out runs/graphs.json --hf
+    python -m benchmarks.graphs --out runs/graphs.json --hf
 """
 from __future__ import annotations
 
@@ -20,17 +20,18 @@ import json
 import logging
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from eagle import EaModel, fused
+from eagle import EaModel
+from eagle.backend import Kernels
 from eagle.config import TreeConfig
 from eagle.presets import PRESETS, build_random
 from eagle.tree.masks import MASK_IMPLS
-from peer_transformers import hf_llama, timed  # this folder: run as python scripts/bench_graphs.py
+
+from .peer_transformers import hf_llama, timed
 
 log = logging.getLogger("bench_graphs")
 
@@ -69,7 +70,7 @@ def gpu_args(parse: Callable[[Optional[Sequence[str]]], argparse.Namespace],
 def setup_report(args: argparse.Namespace) -> dict:
     """What a GPU benchmark's report starts with: the card, torch, the kernel path, the setup."""
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "kernels": fused.describe(torch.device("cuda")), "preset": args.preset,
+            "kernels": Kernels().describe(torch.device("cuda")), "preset": args.preset,
             "dtype": args.dtype, "prompt": args.prompt, "new": args.new, "tree": args.tree}
 
 
@@ -120,7 +121,7 @@ def bench_engine(model: EaModel, prompt: torch.Tensor, args) -> dict:
         ms, res, warm = eagle_ms(model, prompt, args)
         prof = model.generate(prompt, max_new_tokens=args.new, profile=True).profile
         out[impl] = {"ms_per_step": ms, "steps": res.steps, "tokens": res.new_token_ids,
-                     "mean_accept": sum(res.accept_lengths) / len(res.accept_lengths),
+                     "mean_accept": sum(res.accepted_drafts) / len(res.accepted_drafts),
                      "warmup_s": warm, "profile": prof.to_dict()}
     stats = model.graphs.stats
     out["capture"] = {"eagle_graphs": stats.graphs, "eagle_s": stats.seconds,
@@ -187,10 +188,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for mode, on in (("graphs", True), ("eager", False), ("unfused", True)):
             if mode not in args.modes.split(","):
                 continue
-            with fused.unfused() if mode == "unfused" else nullcontext():
-                model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on)
-                report[mode] = bench_engine(model, prompt, args)
-                report[mode]["eagle_blas"] = fused.eagle_blas_label(dev)
+            kernels = Kernels(fused=mode != "unfused")
+            model = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=on,
+                            kernels=kernels)
+            report[mode] = bench_engine(model, prompt, args)
+            report[mode]["eagle_blas"] = kernels.eagle_blas_label(dev)
             log.info("%s done", mode)
         again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
         repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}

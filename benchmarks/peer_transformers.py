@@ -11,7 +11,7 @@ device synchronised on both sides: the same definition as the answer files) and 
 one-token `generate` on the same prompt, so that decoding alone is (wall - first) / (new - 1) ms a
 token. Warm-up calls (compilation) are excluded and reported.
 
-    python scripts/peer_transformers.py --tokenizer checkpoints/tiny/base \\
+    python -m benchmarks.peer_transformers --tokenizer checkpoints/tiny/base \\
         --question-begin 0 --question-end 10 --max-new-token 256 --out runs/peer.json
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ difference, divided by the tokens (plain) or steps (EAGLE), is each kernel's tim
 count per unit, net of the prefill. Beside it: the wall time per unit of unprofiled runs, measured
 the same way, so wall - kernel sum is what the GPU spends between kernels.
 
-    python scripts/kernel_profile.py --out runs/kernels.json --markdown runs/kernels.md
+    python -m benchmarks.kernel_profile --out runs/kernels.json --markdown runs/kernels.md
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from bench_graphs import add_setup_args, gpu_args, random_setup, setup_report  # run as a script
 from eagle import EaModel
 from eagle.tree.masks import MASK_IMPLS
-from peer_transformers import timed
+
+from .graphs import add_setup_args, gpu_args, random_setup, setup_report
+from .peer_transformers import timed
 
 log = logging.getLogger("kernel_profile")
 

@@ -1,14 +1,14 @@
 """The EAGLE step with torch's default BLAS library and with cuBLASLt, alternated in one process.
 
 EAGLE decoding on the fused path prefers cuBLASLt for its matrix products
-(`eagle.fused.eagle_blas`). This script times a step both ways on the random-weight preset: a
+(`eagle.backend.Kernels.eagle_blas`). This script times a step both ways on the random-weight preset: a
 fresh model (its own graph capture) per round and library, in the order default, cuBLASLt,
-default, cuBLASLt, ...; ms/step net of the prefill, median of --repeat calls (as bench_graphs.py
+default, cuBLASLt, ...; ms/step net of the prefill, median of --repeat calls (as benchmarks.graphs
 measures). Each library's rounds must decode the same tokens (the exit status is 1 where they do
 not); the two libraries may part at fp16 near-ties (other kernels, other reduction orders). Rows
 name the library the steps ran on: torch's default for both where the fused path is off.
 
-    python scripts/bench_blas.py --out runs/blas.json [--eager]
+    python -m benchmarks.blas --out runs/blas.json [--eager]
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from bench_graphs import (add_setup_args, eagle_ms, gpu_args, random_setup,  # run as a script
-                          setup_report)
-from eagle import EaModel, fused
+from eagle import EaModel
+from eagle.backend import Kernels
 from eagle.tree.masks import MASK_IMPLS
+
+from .graphs import add_setup_args, eagle_ms, gpu_args, random_setup, setup_report
 
 log = logging.getLogger("bench_blas")
 
@@ -63,10 +64,10 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def time_step(base, head, prompt: torch.Tensor, tree, args) -> tuple:
+def time_step(base, head, prompt: torch.Tensor, tree, args, kernels: Kernels) -> tuple:
     """(ms/step, the last timed result) of a fresh model: warm-up and capture, then timed."""
     model = EaModel(base, head, tree, mask_impl=args.mask_impl, max_length=args.max_length,
-                    cuda_graph=not args.eager)
+                    cuda_graph=not args.eager, kernels=kernels)
     return eagle_ms(model, prompt, args)[:2]
 
 
@@ -79,9 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with torch.inference_mode():
         for _ in range(args.rounds):
             for name, library in LIBRARIES.items():
-                with fused.preferring_blas(library):
-                    ran = fused.eagle_blas_label(prompt.device)
-                    ms, res = time_step(base, head, prompt, tree, args)
+                kernels = Kernels(eagle_blas=library)
+                ran = kernels.eagle_blas_label(prompt.device)
+                ms, res = time_step(base, head, prompt, tree, args, kernels)
                 rows.append({"asked": name, "eagle_blas": ran, "ms_per_step": ms,
                              "steps": res.steps, "tokens": res.new_token_ids})
                 log.info("%s: %.3f ms/step", ran, ms)

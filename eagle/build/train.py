@@ -1,5 +1,5 @@
 """Training of the tiny checkpoints: the base on the corpus, then the EAGLE-3 head on the base's
-greedy predictions from its auxiliary hidden states (see `eagle.tiny`)."""
+greedy predictions from its auxiliary hidden states (see `eagle.build.tiny`)."""
 from __future__ import annotations
 
 import logging
@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ModelArgs
-from .draft import Eagle3Draft
-from .llama import Attention, LlamaForCausalLM, apply_rotary
-from .presets import LLAMA31_ROPE, randomize_
-from .tiny_corpus import BOS, EOT, EOT_TEXT
+from ..config import ModelArgs
+from ..draft import Eagle3Draft
+from ..llama import Attention, LlamaForCausalLM, apply_rotary
+from ..presets import LLAMA31_ROPE, randomize_
+from .corpus import BOS, EOT, EOT_TEXT
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ implementation's step would give at acceptance lengths 1, 3, 5 and 7. That secon
 arithmetic (tokens per step / step time), not a measurement: random weights accept nothing, and a
 real head's acceptance is what decides which tree pays.
 
-    python scripts/sweep_table.py runs/sweep/tt60-d5-k10 runs/sweep/tt60-d8-k10 ... --markdown OUT.md
+    python -m benchmarks.sweep_table runs/sweep/tt60-d5-k10 runs/sweep/tt60-d8-k10 ... --markdown OUT.md
 """
 from __future__ import annotations
 
