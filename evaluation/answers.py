@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, TextIO
 
 from .atomic import write_atomic
-from .run_settings import RunSettings
+from .run_settings import RunSettings, settings_differences
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ def read_answers(path: Path) -> list[tuple[int, dict]]:
             raise AnswerFileError(path, number, f"duplicate question_id {qid} (first on line {seen[qid]})")
         seen[qid] = number
         if rows:
-            first = RunSettings.from_dict(rows[0][1]["settings"])
-            differ = first.differences(RunSettings.from_dict(obj["settings"]))
+            differ = settings_differences(rows[0][1]["settings"], obj["settings"])
             if differ:
                 raise AnswerFileError(path, number, f"settings differ from line {rows[0][0]} in {differ[0]!r}")
         rows.append((number, obj))

@@ -274,3 +274,8 @@ class RunSettings:
 
     def with_code(self, code: dict) -> "RunSettings":
         return replace(self, code=code)
+
+
+def settings_differences(a: dict, b: dict) -> list[str]:
+    """The keys in which two answer lines' `settings` differ (RunSettings.differences)."""
+    return RunSettings.from_dict(a).differences(RunSettings.from_dict(b))

@@ -17,7 +17,8 @@ import torch
 
 from eagle.tree.masks import MASK_IMPLS
 from evaluation import profile_table, speed
-from evaluation.answers import answer_problem, iter_lines, settings_diff
+from evaluation.run_settings import settings_differences as differences
+from evaluation.answers import answer_problem, iter_lines
 from evaluation.gen_cli import main as gen_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_f
                                           "--answer-file", str(with_path)]) == 0
     assert gen_main("baseline", common + ["--answer-file", str(without)]) == 0  # no head needed
     (a,), (b,) = rows(with_path), rows(without)
-    assert settings_diff(a["settings"], b["settings"]) == [] and a["settings"]["draft_model"] is None
+    assert differences(a["settings"], b["settings"]) == [] and a["settings"]["draft_model"] is None
     eagle_ids = rows(rebuild_file)[0]["choices"][0]["detail"]["token_ids"]  # float32: the same tokens
     assert a["choices"][0]["detail"]["token_ids"] == b["choices"][0]["detail"]["token_ids"] == eagle_ids
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from evaluation import speed
-from evaluation.answers import answer_problem, iter_lines, settings_diff
+from evaluation.run_settings import settings_differences as differences
+from evaluation.answers import answer_problem, iter_lines
 from evaluation.code_version import source_fingerprint
 from evaluation.gen_cli import main as gen_main
 from evaluation.run_settings import Member, member_labels
@@ -102,7 +103,7 @@ def test_baseline_member_settings_are_the_baseline_generators(trio, tiny_ckpt, q
     alone = tmp_path / "baseline.jsonl"
     assert generate("baseline", tiny_ckpt, question_file, alone, questions=1) == 0
     member = rows(trio / "ea-baseline.jsonl")[0]["settings"]
-    assert settings_diff(rows(alone)[0]["settings"], member) == []  # the machine's load aside
+    assert differences(rows(alone)[0]["settings"], member) == []  # the machine's load aside
     assert "interleave" not in rows(alone)[0]  # a plain run's lines stay as they were
     code = rows(alone)[0]["settings"]["code"]
     assert len(code["fingerprint"]) == 16 and code["version"]

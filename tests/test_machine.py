@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from evaluation import machine, speed
-from evaluation.answers import answered_ids, settings_diff
+from evaluation.run_settings import settings_differences as differences
+from evaluation.answers import answered_ids
 
 
 def test_capture_and_at_answer_record_the_machine(monkeypatch):
@@ -26,7 +27,7 @@ def test_capture_and_at_answer_record_the_machine(monkeypatch):
 def test_the_machine_decides_no_equality(tmp_path):
     a = {"method": "eagle", machine.KEY: {"cpu_count": 2, "load_start": [0.1, 0.1, 0.1]}}
     b = {"method": "eagle", machine.KEY: {"cpu_count": 64, "load_start": [9.0, 9.0, 9.0]}}
-    assert settings_diff(a, b) == [] and settings_diff(a, {**b, "method": "baseline"}) == ["method"]
+    assert differences(a, b) == [] and differences(a, {**b, "method": "baseline"}) == ["method"]
 
 
 def test_busy_names_the_load_and_the_cores():
