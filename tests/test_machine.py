@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from evaluation import machine, speed
+from evaluation.run_settings import RunSettings
 from evaluation.run_settings import settings_differences as differences
 from evaluation.answers import answered_ids
 
@@ -46,7 +47,7 @@ def test_resume_and_speed_ignore_the_machine_and_speed_warns_when_it_was_busy(tm
     rows = answers(settings={**SETTINGS, machine.KEY: quiet})
     rows[-1]["settings"] = {**SETTINGS, machine.KEY: {**quiet, "load_end": [7.0, 3.0, 1.0]}}
     a = write(tmp_path / "a.jsonl", rows)
-    assert answered_ids(a, {**SETTINGS, machine.KEY: machine.capture()}) == {81, 82, 101}
+    assert answered_ids(a, RunSettings.from_dict({**SETTINGS, machine.KEY: machine.capture()})) == {81, 82, 101}
     b = write(tmp_path / "b.jsonl", answers(settings={**SETTINGS, "mask_impl": "vectorized"}))
     out = tmp_path / "r.json"
     assert speed.main(["--baseline", str(a), "--opt", str(b), "--json", str(out)]) == 0
