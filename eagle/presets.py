@@ -93,17 +93,21 @@ def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: in
     with torch.device(device):
         base = LlamaForCausalLM(base_args).to(dtype)
     randomize_(base, seed)
-    if not draft:
-        return base.eval(), None
+    return base.eval(), random_head(draft_args, dtype, device, seed) if draft else None
+
+
+def random_head(args: ModelArgs, dtype: torch.dtype, device: torch.device,
+                seed: int = 0) -> Eagle3Draft:
+    """The draft head `build_random` gives with this (base) seed."""
     with torch.device(device):
-        head = Eagle3Draft(draft_args).to(dtype)
+        head = Eagle3Draft(args).to(dtype)
     randomize_(head, seed + 1)
-    if draft_args.draft_vocab_size != draft_args.vocab_size:
-        d2t, t2d = random_vocab_map(draft_args.draft_vocab_size, draft_args.vocab_size,
+    if args.draft_vocab_size != args.vocab_size:
+        d2t, t2d = random_vocab_map(args.draft_vocab_size, args.vocab_size,
                                     torch.Generator().manual_seed(seed + 2))
         head.d2t.copy_(d2t)
         head.t2d.copy_(t2d)
-    return base.eval(), head.eval()
+    return head.eval()
 
 
 def preset_model(preset: str, tree: TreeConfig, mask_impl: str = "rebuild",

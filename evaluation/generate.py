@@ -18,7 +18,7 @@ from typing import Optional
 import shortuuid
 import torch
 
-from eagle import fused
+from eagle import fused, parallel
 from eagle.config import TreeConfig
 from eagle.llama import resolve_attention
 from eagle.profiling import ProfileReport
@@ -27,6 +27,7 @@ from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
 from .gen_cli import GenConfig, GenError, Member
+from . import parallel_run
 from .interleave import Interrupted, Runner
 from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
                         device_name, load_tokenizer)
@@ -83,11 +84,11 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     config. The baseline loads the base model alone: the draft head would only take memory and
     load time."""
     from eagle import EaModel
-    from eagle.presets import build_random
+    from eagle.parallel import build_random
 
     device, dtype = runtime
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
-    if cfg.preset is not None:
+    if cfg.preset is not None:  # under torchrun, this rank's shard of the base
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
                        cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
@@ -95,7 +96,8 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
                                    max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
-                                   cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend)
+                                   cuda_graph=cfg.graphs_on(device), attention=cfg.attention_backend,
+                                   tp=parallel.current())
 
 
 def member_model(model, cfg: GenConfig, runtime: Runtime):
@@ -138,6 +140,7 @@ def run_settings(cfg: GenConfig, runtime: Runtime) -> dict:
         "eagle_blas": fused.eagle_blas_label(device) if cfg.drafts else None,
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
+        "tp_world_size": parallel.world_size(),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
         "code": code_identity(),
@@ -258,11 +261,11 @@ def generate_answers(cfg: GenConfig) -> int:
     order); returns the number of answers in the first member's file (every member's file holds
     the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
-    runtime = check_runtime(cfg)
+    runtime = parallel_run.join(check_runtime(cfg))  # torchrun: this rank's group and device
     check_checkpoints(cfg)
     members = cfg.members()
     check_writable([m.cfg.answer_file for m in members])
-    runner = Runner(members, [run_settings(m.cfg, runtime) for m in members])
+    runner = parallel_run.make_runner(members, [run_settings(m.cfg, runtime) for m in members])
     pending = runner.pending(questions)
     log.info("%s: %d questions selected (cached: %d, remaining: %d)",
              ", ".join(map(str, runner.files)), len(questions), len(questions) - len(pending),
@@ -275,7 +278,9 @@ def generate_answers(cfg: GenConfig) -> int:
             answer_pending(runner, members, runtime, tokenizer, pending, len(questions))
         except KeyboardInterrupt:
             raise Interrupted(runner.kept, runner.files) from None
-    counts = [finish_file(seat.member, seat.settings) for seat in runner.seats]
+    counts = [finish_file(seat.member, seat.settings) for seat in runner.seats] \
+        if parallel_run.writes() else [0]
+    parallel.leave()
     return counts[0]
 
 
