@@ -29,7 +29,7 @@ from .code_version import DISTRIBUTION, code_identity, package_version
 from .gen_cli import GenConfig, GenError, Member
 from . import parallel_run
 from .interleave import Interrupted, Runner
-from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
+from .preflight import (Runtime, check_checkpoints, check_tokenizer, check_writable,
                         device_name, load_tokenizer)
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def generate_answers(cfg: GenConfig) -> int:
     order); returns the number of answers in the first member's file (every member's file holds
     the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
-    runtime = parallel_run.join(check_runtime(cfg))  # torchrun: this rank's group and device
+    runtime = parallel_run.join(cfg)  # check_runtime; under torchrun, this rank's group and device
     check_checkpoints(cfg)
     members = cfg.members()
     check_writable([m.cfg.answer_file for m in members])

@@ -12,25 +12,29 @@ file is one write (`AnswerWriter`), so the file holds whole lines only.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import shortuuid
 
 from eagle import parallel
 
-from .gen_cli import Member
+from .gen_cli import GenConfig, Member
 from .interleave import Runner, Seat
-from .preflight import Runtime
+from .preflight import Runtime, check_runtime, resolve_device
 
 log = logging.getLogger(__name__)
 
 
-def join(runtime: Runtime) -> Runtime:
-    """The runtime of this rank: joined to torchrun's group (when launched so), on its device."""
-    device = parallel.init_from_env(runtime.device)
+def join(cfg: GenConfig) -> Runtime:
+    """`check_runtime` for this process: first joined to torchrun's group when launched so, and
+    then checked on its rank's device (cuda:LOCAL_RANK: no rank touches another's GPU)."""
+    device = parallel.init_from_env(resolve_device(cfg.device))
     tp = parallel.current()
-    if tp is not None and tp.rank != 0:
+    if tp is None:
+        return check_runtime(cfg)
+    if tp.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
-    return runtime._replace(device=device)
+    return check_runtime(replace(cfg, device=str(device)))
 
 
 def writes() -> bool:
