@@ -197,3 +197,17 @@ def test_a_failing_rank_stops_the_run_and_the_file_keeps_whole_lines(tiny_ckpt, 
     lines = [obj for _, obj in iter_lines(answers)]
     assert [obj["question_id"] for obj in lines] == [81]
     assert all(answer_problem(obj) is None for obj in lines)
+
+
+def test_bench_tp_counts_the_weights_a_rank_reads(load_script, tmp_path):
+    bench = load_script("bench_tp")
+    args = PRESETS["tiny"][0]
+    whole = build_random("tiny", torch.float32, torch.device("cpu"), draft=False)[0]
+    with torch.device("meta"):
+        shard = parallel.TensorParallel(0, WORLD).base_model(args)
+    split = sum(p.numel() for n, p in whole.named_parameters() if n.split(".")[-2] in parallel.SPLITS)
+    rest = sum(p.numel() for p in whole.parameters()) - split - args.vocab_size * args.hidden_size
+    expected = 4 * (split // WORLD + rest + args.hidden_size)  # float32; one embedding row
+    assert bench.read_bytes(type("Model", (), {"base": shard})) == expected
+    if not torch.cuda.is_available():
+        assert bench.main(["--out", str(tmp_path / "tp.json")]) == 2
