@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional
 
 import torch
 from safetensors import safe_open
@@ -30,6 +30,9 @@ from torch import Tensor, nn
 from .config import ConfigError, ModelArgs, read_config
 from .draft import Eagle3Draft
 from .llama import LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from .parallel import TensorParallel
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +141,15 @@ def check_kinds(base: Path, head: Optional[Path]) -> None:
                               f"head; pass the head's directory as ea_model_path")
 
 
-def load_base(path: Path, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+def load_base(path: Path, dtype: torch.dtype, device: torch.device,
+              tp: Optional["TensorParallel"] = None) -> LlamaForCausalLM:
+    """The base model, or with `tp` this rank's shard of it (`eagle.parallel`)."""
     args = ModelArgs.from_json(Path(path) / "config.json")
     with torch.device("meta"):
-        model = LlamaForCausalLM(args)
+        model = LlamaForCausalLM(args) if tp is None else tp.base_model(args)
     expected = model.state_dict()
-    state = read_tensors(weight_files(path), device)
+    files = weight_files(path)
+    state = read_tensors(files, device) if tp is None else tp.read_shards(files, args, device)
     if args.tie_word_embeddings:  # the head reuses the embedding; a checkpoint may or may not store it
         expected.pop("lm_head.weight")
         state.pop("lm_head.weight", None)

@@ -19,6 +19,7 @@ from .checkpoint import check_kinds, load_base, load_draft
 from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, causal_mask, stack_projections
+from .parallel import TensorParallel
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
 from .threads import pick_cpu_threads
@@ -124,10 +125,12 @@ class EaModel(nn.Module):
                         max_length: int = 4096,
                         tokenizer_path: Union[str, Path, None] = None,
                         cuda_graph: Optional[bool] = None, attention: str = "auto",
-                        kernels: Optional[Kernels] = None) -> "EaModel":
+                        kernels: Optional[Kernels] = None,
+                        tp: Optional[TensorParallel] = None) -> "EaModel":
         """Load an HF Llama base and an EAGLE-3 head (upstream keyword names); the tokenizer comes
         from `tokenizer_path`, by default the base model's directory. `ea_model_path=None` loads
-        the base alone (`naive_generate` only)."""
+        the base alone (`naive_generate` only). `tp`: load this rank's shard of the base
+        (`eagle.parallel`; the head is replicated)."""
         if not use_eagle3:
             raise ConfigError("only EAGLE-3 draft heads are supported (use_eagle3=True)")
         from transformers import AutoTokenizer
@@ -135,7 +138,7 @@ class EaModel(nn.Module):
         device = resolve_device(device_map)
         tree = TreeConfig(total_token, depth, top_k)
         check_kinds(Path(base_model_path), Path(ea_model_path) if ea_model_path else None)
-        base = load_base(Path(base_model_path), torch_dtype, device)
+        base = load_base(Path(base_model_path), torch_dtype, device, tp)
         head = load_draft(Path(ea_model_path), torch_dtype, device,
                           base.model.embed_tokens.weight) if ea_model_path else None
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or base_model_path))

@@ -7,11 +7,12 @@ What fits on one 80 GB card (weights in fp16/bf16; the engine runs on one device
 - `llama3.1-8b`: base 8.0 B parameters (16.1 GB) + head 0.42 B with its 32k draft vocabulary
   (0.85 GB; it reads the base's embedding) + KV cache 128 KiB per token: fits with ample room.
 - `llama3.3-70b`: base 70.6 B parameters (141 GB) does not fit on one 80 GB card, nor on one
-  141 GB H200 once the KV cache (320 KiB per token) and activations are added; it needs tensor
-  parallelism (or 8-bit weights), which this engine does not have, so `build_random` and
-  `preset_model` cannot build it on such a card. Its head alone (1.6 B parameters, 3.2 GB, 0.79 B
-  of them its own embedding; KV cache 4 KiB per token) fits anywhere:
-  `Eagle3Draft(PRESETS["llama3.3-70b"][1])` times its draft forwards; the shapes plan memory.
+  141 GB H200 once the KV cache (320 KiB per token) and activations are added, so `build_random`
+  and `preset_model` cannot build it on such a card. Sharded over two GPUs (`eagle.parallel`,
+  under torchrun: `parallel.build_random` builds each rank's shard of the same weights) a rank
+  holds 36.3 B parameters (72.7 GB: half of every decoder layer, the embedding and lm_head
+  whole) and 160 KiB of KV cache per token. Its head alone (1.6 B parameters, 3.2 GB, 0.79 B of
+  them its own embedding; KV cache 4 KiB per token) fits anywhere, and every rank holds it whole.
 """
 from __future__ import annotations
 
@@ -93,17 +94,21 @@ def build_random(preset: str, dtype: torch.dtype, device: torch.device, seed: in
     with torch.device(device):
         base = LlamaForCausalLM(base_args).to(dtype)
     randomize_(base, seed)
-    if not draft:
-        return base.eval(), None
+    return base.eval(), random_head(draft_args, dtype, device, seed) if draft else None
+
+
+def random_head(args: ModelArgs, dtype: torch.dtype, device: torch.device,
+                seed: int = 0) -> Eagle3Draft:
+    """The draft head `build_random` gives with this (base) seed."""
     with torch.device(device):
-        head = Eagle3Draft(draft_args).to(dtype)
+        head = Eagle3Draft(args).to(dtype)
     randomize_(head, seed + 1)
-    if draft_args.draft_vocab_size != draft_args.vocab_size:
-        d2t, t2d = random_vocab_map(draft_args.draft_vocab_size, draft_args.vocab_size,
+    if args.draft_vocab_size != args.vocab_size:
+        d2t, t2d = random_vocab_map(args.draft_vocab_size, args.vocab_size,
                                     torch.Generator().manual_seed(seed + 2))
         head.d2t.copy_(d2t)
         head.t2d.copy_(t2d)
-    return base.eval(), head.eval()
+    return head.eval()
 
 
 def preset_model(preset: str, tree: TreeConfig, mask_impl: str = "rebuild",

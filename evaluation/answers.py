@@ -7,8 +7,8 @@ One line per question:
                 decoding_steps: [int], accept_lengths: [int] (flat over the turns),
                 detail: {token_ids: [[int]], accepted_drafts: [[int]]}}]}
 The README's schema table says what each field means and which reader uses it.
-Writing appends and flushes one line at a time, so a killed run loses at most the line it was
-writing; resuming drops that torn line and skips the questions already answered; the final sort and
+Writing appends one line per write call, so a killed run loses at most the line it was about to
+write; resuming drops that torn line and skips the questions already answered; the final sort and
 de-duplication replaces the file atomically.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, TextIO
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 from .atomic import write_atomic
 from .run_settings import RunSettings, settings_differences
@@ -260,16 +260,18 @@ def answered_ids(path: Path, settings: RunSettings) -> set:
 
 
 class AnswerWriter:
-    """Appends answer lines, flushing each one as it is written."""
+    """Appends answer lines, each in one unbuffered write: a process killed between two lines
+    (another rank's failure under torchrun, Ctrl-C) leaves whole lines only."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fh: TextIO = open(path, "a", encoding="utf-8")
+        self._fh: BinaryIO = open(path, "ab", buffering=0)
 
     def write(self, answer: dict) -> None:
-        self._fh.write(json.dumps(answer) + "\n")
-        self._fh.flush()
+        data = (json.dumps(answer) + "\n").encode("utf-8")
+        if self._fh.write(data) != len(data):
+            raise OSError(f"{self.path}: short write of an answer line (disk full?)")
 
     def close(self) -> None:
         self._fh.close()

@@ -90,10 +90,10 @@ def machine_warnings(run: Run) -> list[str]:
 
 def as_recorded_now(settings: dict) -> dict:
     """Settings as this version records them: EAGLE files written before `eagle_blas` existed
-    ran on torch's default BLAS library."""
+    ran on torch's default BLAS library, files written before `tp_world_size` on one process."""
     if settings.get("method") == "eagle" and "eagle_blas" not in settings:
-        return {**settings, "eagle_blas": "torch default"}
-    return settings
+        settings = {**settings, "eagle_blas": "torch default"}
+    return {"tp_world_size": 1, **settings}
 
 
 def _check_settings(base: Run, opt: Run) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Optional
 import shortuuid
 import torch
 
+from eagle import parallel
 from eagle.backend import Kernels
 from eagle.config import TreeConfig
 from eagle.profiling import ProfileReport
@@ -26,8 +27,9 @@ from . import machine
 from .answers import add_turn, iter_lines, new_choice, sort_and_dedup
 from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
+from . import parallel_run
 from .interleave import Interrupted, Runner
-from .preflight import (Runtime, check_checkpoints, check_runtime, check_tokenizer, check_writable,
+from .preflight import (Runtime, check_checkpoints, check_tokenizer, check_writable,
                         device_name, load_tokenizer)
 from .run_settings import GenConfig, GenError, Member, RunSettings
 
@@ -84,11 +86,11 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
     config. The baseline loads the base model alone: the draft head would only take memory and
     load time."""
     from eagle import EaModel
-    from eagle.presets import build_random
+    from eagle.parallel import build_random
 
     device, dtype = runtime
     tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
-    if cfg.preset is not None:
+    if cfg.preset is not None:  # under torchrun, this rank's shard of the base
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
         return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
                        cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
@@ -96,7 +98,8 @@ def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
                                    cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
                                    device_map=device, mask_impl=cfg.mask_impl,
                                    max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
-                                   cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
+                                   cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg),
+                                   tp=parallel.current())
 
 
 def member_model(model, cfg: GenConfig, runtime: Runtime):
@@ -140,6 +143,7 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
         "eagle_blas": kernels.eagle_blas_label(device) if cfg.drafts else None,
         "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
         "device": device.type, "device_name": device_name(device),
+        "tp_world_size": parallel.world_size(),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
         "code": code_identity(), machine.KEY: machine.capture(),
@@ -276,12 +280,12 @@ def generate_answers(cfg: GenConfig) -> int:
     order); returns the number of answers in the first member's file (every member's file holds
     the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
-    runtime = check_runtime(cfg)
+    runtime = parallel_run.join(cfg)  # check_runtime; under torchrun, this rank's group and device
     machine.warn_if_busy("start")
     check_checkpoints(cfg)
     members = cfg.members()
     check_writable([m.cfg.answer_file for m in members])
-    runner = Runner(members, [resolve_settings(m.cfg, runtime) for m in members])
+    runner = parallel_run.make_runner(members, [resolve_settings(m.cfg, runtime) for m in members])
     pending = runner.pending(questions)
     log.info("%s: %d questions selected, %d already answered; %s", ", ".join(map(str, runner.files)),
              len(questions), len(questions) - len(pending),
@@ -294,8 +298,10 @@ def generate_answers(cfg: GenConfig) -> int:
             answer_pending(runner, members, runtime, tokenizer, pending, len(questions))
         except KeyboardInterrupt:
             raise Interrupted(runner.kept, runner.files) from None
-    counts = [finish_file(seat.member, seat.settings) for seat in runner.seats]
+    counts = [finish_file(seat.member, seat.settings) for seat in runner.seats] \
+        if parallel_run.writes() else [0]
     machine.warn_if_busy("end")
+    parallel.leave()
     return counts[0]
 
 

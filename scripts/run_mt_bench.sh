@@ -43,6 +43,9 @@
 #                    when that one is missing or fails its sha256 check (else it is downloaded)  []
 #   TINY_DIR         where the tiny checkpoints are found or built                       [checkpoints/tiny]
 #   PYTHON           interpreter                                                         [python]
+#   NPROC            processes sharing the model, tensor parallel (> 1: the generator runs under
+#                    torchrun --standalone --nproc_per_node=NPROC: one GPU each with CUDA, gloo
+#                    ranks on the CPU; rank 0 writes the answers)                           [1]
 #   OMP_NUM_THREADS  torch CPU threads per process: the tiny model's small ops only pay for thread
 #                    synchronisation, many times slower with 2 threads on 2 busy cores       [1]
 #
@@ -59,6 +62,8 @@
 #   scripts/run_mt_bench.sh
 #   MASK_IMPLS="incremental triton" DEVICE=cuda BASE_MODEL_PATH=preset:llama3.1-8b \
 #     QUESTION_END=10 MAX_NEW_TOKEN=256 PROFILE=1 OUT_DIR=runs/8b scripts/run_mt_bench.sh
+#   NPROC=2 DEVICE=cuda BASE_MODEL_PATH=preset:llama3.3-70b QUESTION_END=10 OUT_DIR=runs/70b-tp2 \
+#     scripts/run_mt_bench.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -86,6 +91,7 @@ REPEAT=${REPEAT:-0}
 OUT_DIR=${OUT_DIR:-runs/mt_bench}
 QUESTION_SOURCE=${QUESTION_SOURCE:-}
 PYTHON=${PYTHON:-python}
+NPROC=${NPROC:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 QUESTION_FILE=data/mt_bench/question.jsonl
 
@@ -132,12 +138,13 @@ common_args() {
   printf '%s\n' "${args[@]}"
 }
 
-answers() {  # answers IMPLS SUFFIX: one process, the members interleaved, one file each
+LAUNCH=()  # how the generator starts: "$PYTHON" -m, or torchrun with NPROC ranks (main sets it)
+answers() {  # answers IMPLS SUFFIX: one process (of NPROC ranks), the members interleaved, one file each
   local err rc=0
-  log "answers, interleaved in one process: --mask-impl $1 --with-baseline${2:+ ($2)}; questions" \
+  log "answers, interleaved in one process (ranks: $NPROC): --mask-impl $1 --with-baseline${2:+ ($2)}; questions" \
       "every file already holds are skipped"
   err=$(mktemp)
-  { "$PYTHON" -m evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$1" \
+  { "${LAUNCH[@]}" evaluation.gen_ea_answer_llama3chat "${args[@]}" "${profile[@]}" --mask-impl "$1" \
       --with-baseline --model-id "$MODEL_ID-{impl}$2" --answer-file "$OUT_DIR/$MODEL_ID-{impl}$2.jsonl" \
       2>&1 1>&3 3>&- | tee "$err" >&2; } 3>&1 || rc=$?
   if grep -q 'cannot resume: written with different settings' "$err"; then
@@ -196,6 +203,9 @@ main() {
   for flag in PROFILE REPEAT; do
     [[ ${!flag} == [01] ]] || die "$flag must be 0 or 1, got '${!flag}'"
   done
+  [[ $NPROC =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive number of processes, got '$NPROC'"
+  LAUNCH=("$PYTHON" -m)
+  (( NPROC == 1 )) || LAUNCH=("$PYTHON" -m torch.distributed.run --standalone "--nproc_per_node=$NPROC" -m)
   impls=$(mask_impls)
   mapfile -t args < <(common_args)
   check_settings "$impls"

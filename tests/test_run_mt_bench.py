@@ -18,7 +18,7 @@ def run_script(env_changes: dict, timeout: float) -> subprocess.CompletedProcess
     env = {k: v for k, v in os.environ.items() if k not in (
         "BASE_MODEL_PATH", "EA_MODEL_PATH", "TOKENIZER_PATH", "MODEL_ID", "MASK_IMPLS", "DEVICE", "DTYPE",
         "QUESTION_BEGIN", "QUESTION_END", "MAX_NEW_TOKEN", "TOTAL_TOKEN", "DEPTH", "TOP_K",
-        "TEMPERATURE", "PROFILE", "REPEAT", "ATTENTION_BACKEND")}
+        "TEMPERATURE", "PROFILE", "REPEAT", "ATTENTION_BACKEND", "NPROC")}
     env.update(env_changes, PYTHON=sys.executable)
     return subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -97,6 +97,14 @@ def test_flag_other_than_0_or_1_is_refused(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "REPEAT": "yes"},
                       timeout=60)
     assert done.returncode == 2 and "REPEAT must be 0 or 1, got 'yes'" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_nproc_other_than_a_positive_count_is_refused(tiny_ckpt, tmp_path):
+    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "NPROC": "0"},
+                      timeout=60)
+    assert done.returncode == 2 and "NPROC must be a positive number of processes, got '0'" in \
+        done.stderr
     assert not list(tmp_path.iterdir())
 
 
