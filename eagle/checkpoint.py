@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional, Protocol
 
 import torch
 from safetensors import safe_open
@@ -30,9 +30,6 @@ from torch import Tensor, nn
 from .config import ConfigError, ModelArgs, read_config
 from .draft import Eagle3Draft
 from .llama import LlamaForCausalLM
-
-if TYPE_CHECKING:
-    from .parallel import TensorParallel
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +138,16 @@ def check_kinds(base: Path, head: Optional[Path]) -> None:
                               f"head; pass the head's directory as ea_model_path")
 
 
+class Sharding(Protocol):
+    """What loading a rank's shard of a base needs (`eagle.parallel.TensorParallel`)."""
+
+    def base_model(self, args: ModelArgs) -> LlamaForCausalLM: ...
+
+    def read_shards(self, files: list[Path], args: ModelArgs, device: torch.device) -> dict[str, Tensor]: ...
+
+
 def load_base(path: Path, dtype: torch.dtype, device: torch.device,
-              tp: Optional["TensorParallel"] = None) -> LlamaForCausalLM:
+              tp: Optional[Sharding] = None) -> LlamaForCausalLM:
     """The base model, or with `tp` this rank's shard of it (`eagle.parallel`)."""
     args = ModelArgs.from_json(Path(path) / "config.json")
     with torch.device("meta"):

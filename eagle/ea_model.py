@@ -15,11 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from .backend import Kernels
-from .checkpoint import check_kinds, load_base, load_draft
+from .checkpoint import Sharding, check_kinds, load_base, load_draft
 from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, causal_mask, stack_projections
-from .parallel import TensorParallel
 from .profiling import ProfileReport, StepProfiler
 from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
 from .threads import pick_cpu_threads
@@ -126,7 +125,7 @@ class EaModel(nn.Module):
                         tokenizer_path: Union[str, Path, None] = None,
                         cuda_graph: Optional[bool] = None, attention: str = "auto",
                         kernels: Optional[Kernels] = None,
-                        tp: Optional[TensorParallel] = None) -> "EaModel":
+                        tp: Optional[Sharding] = None) -> "EaModel":
         """Load an HF Llama base and an EAGLE-3 head (upstream keyword names); the tokenizer comes
         from `tokenizer_path`, by default the base model's directory. `ea_model_path=None` loads
         the base alone (`naive_generate` only). `tp`: load this rank's shard of the base
