@@ -173,7 +173,7 @@ def test_first_token_and_pair_follow_the_base(case, engines, hf_base):
 
 @pytest.mark.slow
 def test_rejects_a_sampler_tempered_at_0_8(engines, hf_base):
-    first, pair = run_case(engines, hf_base, TREE, Setting(0.8), Setting(1.0), range(800))
+    _, pair = run_case(engines, hf_base, TREE, Setting(0.8), Setting(1.0), range(800))
     assert pair.p_value < ALPHA, pair
 
 
@@ -181,7 +181,7 @@ def test_rejects_a_sampler_tempered_at_0_8(engines, hf_base):
 def test_rejects_an_acceptance_biased_toward_the_draft(engines, hf_base, monkeypatch):
     fair = Sampler.accept
     monkeypatch.setattr(Sampler, "accept", lambda self, prob: fair(self, sqrt(prob)))
-    first, pair = run_case(engines, hf_base, TREE, Setting(1.0), Setting(1.0), range(800))
+    _, pair = run_case(engines, hf_base, TREE, Setting(1.0), Setting(1.0), range(800))
     assert pair.p_value < ALPHA, pair
 
 
