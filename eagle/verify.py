@@ -4,7 +4,9 @@ Greedy: a path's accepted length is the longest prefix of draft tokens equal to 
 the previous node; the first row with the maximum length wins; the bonus token is the base argmax
 after the last accepted node. Sampling (temperature > 0) follows upstream EAGLE: walk the tree level
 by level, accept child x with probability p_base(x), on rejection zero p(x) and renormalise; the
-residual (or, past the last level, the fresh) distribution samples the bonus token.
+residual (or, past the last level, the fresh) distribution samples the bonus token. The siblings
+are the draft's top-k, a deterministic function of the context, so the draft is a point mass on
+each candidate in turn (q(x) = 1) and this sequential test samples p_base exactly.
 """
 from __future__ import annotations
 
@@ -98,6 +100,11 @@ class Sampler:
     def uniform(self) -> float:
         return torch.rand((), generator=self.generator).item()
 
+    def accept(self, prob: float) -> bool:
+        """True with probability `prob`: a uniform draw in [0, 1) strictly below it, so a token of
+        probability 0 (truncated by top-p / top-k, or already rejected) is never accepted."""
+        return self.uniform() < prob
+
     def sample(self, p: Tensor) -> int:
         return int(torch.multinomial(p, 1, generator=self.generator))
 
@@ -115,7 +122,7 @@ def accept_sampling(logits: Tensor, tokens: Tensor, retrieve: Tensor, sampler: S
         chosen: Optional[int] = None
         for child in children:
             x = toks[child]
-            if sampler.uniform() <= p[x].item():
+            if sampler.accept(p[x].item()):
                 chosen = child
                 break
             p[x] = 0.0
