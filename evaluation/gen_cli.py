@@ -66,9 +66,10 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
                         "bit for bit; torch's choice on the CPU); a named SDPA backend is pinned "
                         "for every attention; recorded in the settings with the kernel that ran")
     g.add_argument("--cuda-graph", choices=("on", "off"), default=None,
-                   help="replay each greedy decoding step as CUDA graphs, captured once per model "
-                        "and tree configuration before the first prompt (default: on with CUDA, "
-                        "off on the CPU); sampling (--temperature > 0) runs eager either way")
+                   help="replay each decoding step, greedy or sampling, as CUDA graphs, captured "
+                        "once per model, tree configuration and decoding mode before the first "
+                        "prompt (default: on with CUDA, off on the CPU); a seed gives the same "
+                        "tokens with graphs on or off")
 
 
 def _data_group(parser: argparse.ArgumentParser) -> None:

@@ -148,9 +148,8 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
 
 
 def graph_setting(cfg: GenConfig, device: torch.device) -> str:
-    if not cfg.graphs_on(device):
-        return "off"
-    return "on (greedy steps; sampling runs eager)" if cfg.temperature > 0 else "on"
+    """"on" or "off": with graphs on, greedy and sampling steps alike replay them."""
+    return "on" if cfg.graphs_on(device) else "off"
 
 
 def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:

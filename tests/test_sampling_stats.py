@@ -21,7 +21,6 @@ docs/SAMPLING.md gives the power of these tests.
 """
 from collections import Counter
 from dataclasses import dataclass
-from math import sqrt
 from typing import NamedTuple
 
 import pytest
@@ -31,7 +30,7 @@ from transformers.generation.logits_process import (TemperatureLogitsWarper, Top
                                                     TopPLogitsWarper)
 
 from eagle.ea_model import EaModel
-from eagle.verify import Sampler
+from eagle import verify
 
 ALPHA = 5e-6  # per chi-square test; two per case
 MIN_EXPECTED = 5.0  # cells expected to hold fewer draws are pooled
@@ -179,8 +178,8 @@ def test_rejects_a_sampler_tempered_at_0_8(engines, hf_base):
 
 @pytest.mark.slow
 def test_rejects_an_acceptance_biased_toward_the_draft(engines, hf_base, monkeypatch):
-    fair = Sampler.accept
-    monkeypatch.setattr(Sampler, "accept", lambda self, prob: fair(self, sqrt(prob)))
+    fair = verify.candidate_odds
+    monkeypatch.setattr(verify, "candidate_odds", lambda *args: fair(*args).sqrt())
     _, pair = run_case(engines, hf_base, TREE, Setting(1.0), Setting(1.0), range(800))
     assert pair.p_value < ALPHA, pair
 
