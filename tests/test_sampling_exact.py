@@ -2,15 +2,19 @@
 
 On a vocabulary of 5-6 tokens, a toy base model (logits a fixed function of the context) and a toy
 draft build each step's tree the way EAGLE does: a node's children are the draft's top-k tokens
-after it, a deterministic function of the context. `accept_sampling` then runs under a
-`ScriptedSampler`, a `Sampler` whose random choices follow a script: `accept(prob)` takes the
-branch "accepted" (weight prob) or "rejected" (weight 1 - prob), `sample(p)` takes one token of
-p's support (weight p[token]). A depth-first walk over scripts visits every branch of one step
-once, so the step's outcomes (accepted tokens + bonus) come out with their exact probabilities.
-Steps compose: when a step yields fewer than L tokens, the next step (its tree drafted from the
-longer context) supplies the rest. The distribution of the first L = 3 tokens must equal the
-product of the base's conditionals, processed by transformers' own temperature / top-p / top-k
-warpers (an independent reference), to float32 rounding.
+after it, a deterministic function of the context. The engine's acceptance
+(`accept_sampling_on_device`) is a function of a block of uniform draws: child n at depth d is
+accepted when draws[d, n] < its odds, the bonus token comes from the residual by inverse CDF. A
+depth-first walk visits every branch of one step once: at each depth, "the i-th child is the first
+accepted" (weight: the odds of the children before it rejected, its own accepted) or "none, then
+token t" (weight: all rejected, times t's share of the residual). For each branch the walk builds
+draws that lie on the branch's edges (a rejected child's draw equal to its odds, an accepted one's
+just below it) and checks that the engine, given them, takes exactly that branch; so the weights
+are the measure of the uniform draws that lead there. Steps compose: when a step yields fewer
+than L tokens, the next step (its tree drafted from the longer context) supplies the rest. The
+distribution of the first L = 3 tokens must equal the product of the base's conditionals,
+processed by transformers' own temperature / top-p / top-k warpers (an independent reference), to
+float32 rounding.
 
 Why the rule is right for EAGLE's trees: the candidates are not samples from the draft but its
 top-k, fixed before the coin flips, so the draft is a point mass on each candidate in turn. Testing
@@ -22,15 +26,15 @@ exactly by induction over the siblings. A ratio rule min(1, p/q) with q the draf
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
-from math import prod, sqrt
 
 import pytest
 import torch
 from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 
+from eagle import verify
 from eagle.tree.masks import build_tree_buffers
-from eagle.verify import Sampler, accept_sampling
+from eagle.verify import Sampler, SamplerState, accept_sampling
 
 TOL = 2e-6  # float32 probabilities, renormalised after each rejection
 Shape = tuple  # a node's children, best draft rank first, each a Shape itself
@@ -106,56 +110,54 @@ def target(logits: torch.Tensor, settings: Sampler) -> torch.Tensor:
     return torch.softmax(scores[0].double(), dim=-1)
 
 
-class ScriptedSampler(Sampler):
-    """A Sampler whose choices follow `script` (option indices) and then take option 0, recording
-    every choice as (index taken, number of options, weight of the option taken)."""
-
-    def __init__(self, settings: Sampler, script: list[int]):
-        super().__init__(settings.temperature, settings.top_p, settings.top_k)
-        self.script, self.made = script, []
-
-    def _choose(self, options: list) -> object:
-        options = [(value, w) for value, w in options if w > 0]
-        i = self.script[len(self.made)] if len(self.made) < len(self.script) else 0
-        self.made.append((i, len(options), options[i][1]))
-        return options[i][0]
-
-    def accept(self, prob: float) -> bool:
-        return self._choose([(True, prob), (False, 1.0 - prob)])
-
-    def sample(self, p: torch.Tensor) -> int:
-        return self._choose([(i, w) for i, w in enumerate(p.tolist())])
-
-    def uniform(self) -> float:
-        raise AssertionError("every random choice must go through accept() or sample()")
+def state_for(settings: Sampler) -> SamplerState:
+    state = SamplerState(torch.device("cpu"))
+    state.load(settings)
+    return state
 
 
-def step_outcomes(step: Step, settings: Sampler, sampler_type=ScriptedSampler) -> dict:
-    """Every outcome (accepted tokens + bonus, a tuple) of one `accept_sampling` call, with its
-    probability: a depth-first walk over the scripts of choices."""
-    out, scripts = defaultdict(float), [[]]
-    while scripts:
-        script = scripts.pop()
-        s = sampler_type(Sampler(settings.temperature, settings.top_p, settings.top_k), script)
-        acc = accept_sampling(step.logits, step.tokens, step.retrieve, s)
-        out[tuple(acc.tokens)] += prod(w for _, _, w in s.made)
-        taken = [i for i, _, _ in s.made]
-        for j in range(len(script), len(s.made)):
-            scripts += [taken[:j] + [alt] for alt in range(1, s.made[j][1])]
+def step_outcomes(step: Step, settings: Sampler) -> dict:
+    """Every outcome (accepted tokens + bonus, a tuple) of one engine step, with its probability
+    under uniform draws; each branch checked against the engine fed the branch's draws."""
+    state, out = state_for(settings), defaultdict(float)
+    n, c = step.tokens.shape[0], step.retrieve.shape[1]
+    stack = [(0, 0, 1.0, torch.zeros(c, n), [])]  # (depth, node, weight, draws so far, tokens)
+    while stack:
+        d, node, weight, draws, toks = stack.pop()
+        p = state.probs(step.logits[node])
+        none = torch.zeros(n, dtype=torch.bool)
+        children = verify.children_of(step.retrieve, torch.tensor(node), d, n) if d < c - 1 else none
+        odds = verify.candidate_odds(p, step.tokens, children)
+        rejected = draws.clone()
+        for child in torch.nonzero(children).flatten().tolist():
+            a = float(odds[child])
+            if a > 0:
+                taken = rejected.clone()
+                taken[d, child] = torch.nextafter(odds[child], torch.tensor(0.0))
+                stack.append((d + 1, child, weight * a, taken, toks + [int(step.tokens[child])]))
+            rejected[d, child] = odds[child]
+            weight *= 1.0 - a
+        r = verify.residual(p, step.tokens, children).double()
+        cdf = r.cumsum(0)
+        for t in torch.nonzero(r).flatten().tolist():
+            final = rejected.clone()
+            final[0, 0] = float((cdf[t] - r[t] / 2) / cdf[-1])  # the middle of t's interval
+            outcome = tuple(toks + [t])
+            got = accept_sampling(step.logits, step.tokens, step.retrieve, state, final)
+            assert tuple(got.tokens) == outcome, (got.tokens, outcome)
+            out[outcome] += weight * float(r[t] / cdf[-1])
     return out
 
 
-def engine_prefixes(world: World, ctx: tuple, settings: Sampler, n: int,
-                    sampler_type=ScriptedSampler) -> dict:
+def engine_prefixes(world: World, ctx: tuple, settings: Sampler, n: int) -> dict:
     """P(first n new tokens) when decoding from `ctx` with as many steps as it takes."""
     out = defaultdict(float)
-    for tokens, w in step_outcomes(draft_step(world, ctx), settings, sampler_type).items():
+    for tokens, w in step_outcomes(draft_step(world, ctx), settings).items():
         head = tokens[:n]
         if len(head) == n:
             out[head] += w
             continue
-        for rest, w2 in engine_prefixes(world, ctx + head, settings, n - len(head),
-                                        sampler_type).items():
+        for rest, w2 in engine_prefixes(world, ctx + head, settings, n - len(head)).items():
             out[head + rest] += w * w2
     return out
 
@@ -215,18 +217,14 @@ def test_disjoint_draft_never_gets_a_token_accepted():
     assert all(len(t) == 1 and t[0] in support for t in step_outcomes(step, settings))
 
 
-class EagerSampler(ScriptedSampler):
-    """A broken acceptance: candidate x accepted with probability sqrt(p(x)) > p(x)."""
-
-    def accept(self, prob: float) -> bool:
-        return super().accept(sqrt(prob))
-
-
 @pytest.mark.parametrize("case", ["chain", "width4_irregular", "top_p"])
-def test_the_enumeration_catches_a_biased_acceptance(case):
-    """The check has teeth: the same enumeration of a wrong acceptance misses the target."""
+def test_the_enumeration_catches_a_biased_acceptance(case, monkeypatch):
+    """The check has teeth: the same enumeration of an acceptance that takes candidate x with
+    probability sqrt(odds) > odds misses the target."""
+    fair = verify.candidate_odds
+    monkeypatch.setattr(verify, "candidate_odds", lambda *args: fair(*args).sqrt())
     world, settings = CASES[case]
-    got = engine_prefixes(world, (0,), settings, 2, EagerSampler)
+    got = engine_prefixes(world, (0,), settings, 2)
     assert abs(sum(got.values()) - 1.0) < TOL
     assert max_gap(got, target_prefixes(world, (0,), settings, 2)) > 0.01
 
@@ -263,18 +261,20 @@ def test_draft_ratio_rule_is_not_lossless_for_top_k_candidates():
     assert max_gap(got, target_prefixes(world, (0,), settings, 1)) < TOL
 
 
-class ZeroDraw(Sampler):
-    """torch.rand can return exactly 0.0 (probability 2**-24 per draw)."""
-
-    def uniform(self) -> float:
-        return 0.0
-
-
 def test_a_zero_probability_candidate_is_never_accepted():
-    """A draft token outside the top-k support must be rejected even when the uniform draw is 0."""
+    """A draft token outside the top-k support must be rejected even when its uniform draw is 0
+    (torch.rand can return exactly 0.0)."""
     world = World(5, chain(1), draft="reversed")
     step = draft_step(world, (0,))
-    sampler = ZeroDraw(1.0, top_k=2)
-    assert sampler.probs(step.logits[0])[step.tokens[1]] == 0.0
-    acc = accept_sampling(step.logits, step.tokens, step.retrieve, sampler)
-    assert acc.accept_length == 0 and sampler.probs(step.logits[0])[acc.tokens[0]] > 0
+    state = state_for(Sampler(1.0, top_k=2))
+    assert state.probs(step.logits[0])[step.tokens[1]] == 0.0
+    zeros = torch.zeros(step.retrieve.shape[1], step.tokens.shape[0])
+    acc = accept_sampling(step.logits, step.tokens, step.retrieve, state, zeros)
+    assert acc.accept_length == 0 and state.probs(step.logits[0])[acc.tokens[0]] > 0
+
+
+def test_the_bonus_draw_never_lands_on_a_token_of_weight_zero():
+    """u * total rounding up to the total still picks a token of positive weight."""
+    weights = torch.tensor([0.0, 0.3, 0.7, 0.0])
+    assert int(verify.inverse_cdf(weights, torch.tensor(1.0))) == 2
+    assert int(verify.inverse_cdf(weights, torch.tensor(0.0))) == 1
