@@ -12,6 +12,7 @@ ms/token = (wall(new tokens) - wall(1 token)) / (new - 1), the device synchronis
 call, median of --repeat calls: the prefill cancels out. ms/step likewise divides by the steps.
 
     python -m benchmarks.graphs --out runs/graphs.json --hf
+    python -m benchmarks.graphs --out runs/sampling.json --modes graphs --temperature 0.7
 """
 from __future__ import annotations
 
@@ -82,6 +83,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="comma-separated: graphs, eager, unfused (graphs on, PyTorch's separate "
                         "pointwise kernels instead of the fused ones; default: graphs,eager)")
     p.add_argument("--hf", action="store_true", help="also time transformers' static-cache generate")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="also time graph-mode EAGLE steps sampling at T against greedy ones, in "
+                        "this process (default: 0, off)")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     return p.parse_args(argv)
 
@@ -97,15 +101,31 @@ def per_unit_ms(run: Callable[[int], object], new: int, units: Callable[[object]
     return statistics.median(values), result
 
 
-def eagle_ms(model: EaModel, prompt: torch.Tensor, args) -> tuple[float, object, float]:
+def eagle_ms(model: EaModel, prompt: torch.Tensor, args,
+             **sampling) -> tuple[float, object, float]:
     """(ms/step, the last timed result, seconds of the warm-up) of EAGLE decoding with --new
-    tokens: one warm-up call (capturing graphs), then `per_unit_ms` per step."""
+    tokens (`sampling`: temperature and seed; greedy without): one warm-up call (capturing
+    graphs), then `per_unit_ms` per step."""
     t0 = time.perf_counter()
-    model.generate(prompt, max_new_tokens=args.new)
+    model.generate(prompt, max_new_tokens=args.new, **sampling)
     warm = time.perf_counter() - t0
-    ms, res = per_unit_ms(lambda n: model.generate(prompt, max_new_tokens=n), args.new,
+    ms, res = per_unit_ms(lambda n: model.generate(prompt, max_new_tokens=n, **sampling), args.new,
                           lambda r: r.steps, args.repeat)
     return ms, res, warm
+
+
+def bench_sampling(model: EaModel, prompt: torch.Tensor, args) -> dict:
+    """Graph-mode EAGLE ms/step per mask implementation, greedy and sampling at --temperature
+    (seed 0) on one model, one after the other."""
+    out = {"temperature": args.temperature}
+    for impl in MASK_IMPLS:
+        model.mask_impl = impl
+        greedy, _, _ = eagle_ms(model, prompt, args)
+        sampled, res, _ = eagle_ms(model, prompt, args, temperature=args.temperature, seed=0)
+        out[impl] = {"greedy_ms_per_step": greedy, "sampling_ms_per_step": sampled,
+                     "sampling_over_greedy": sampled / greedy,
+                     "sampling_mean_accept": sum(res.accepted_drafts) / len(res.accepted_drafts)}
+    return out
 
 
 def bench_engine(model: EaModel, prompt: torch.Tensor, args) -> dict:
@@ -158,6 +178,12 @@ def summary(report: dict) -> str:
         r = report[mode]
         lines.append(f"[{mode}] plain {r['plain']['ms_per_token']:.2f} ms/token; EAGLE ms/step: " +
                      ", ".join(f"{i} {r[i]['ms_per_step']:.2f}" for i in MASK_IMPLS))
+    if "sampling" in report:
+        s = report["sampling"]
+        lines.append(f"[graphs] EAGLE ms/step, greedy vs sampling at T = {s['temperature']}: " +
+                     ", ".join(f"{i} {s[i]['greedy_ms_per_step']:.2f} vs "
+                               f"{s[i]['sampling_ms_per_step']:.2f} "
+                               f"({100 * (s[i]['sampling_over_greedy'] - 1):+.1f}%)" for i in MASK_IMPLS))
     if "hf_static" in report:
         lines.append(f"transformers static-cache generate: {report['hf_static']['ms_per_token']:.2f} "
                      f"ms/token (warm-up {report['hf_static']['warmup_s']:.0f} s)")
@@ -195,6 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report[mode]["eagle_blas"] = kernels.eagle_blas_label(dev)
             log.info("%s done", mode)
         again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
+        if args.temperature > 0:
+            report["sampling"] = bench_sampling(again, prompt, args)
         repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}
         for impl in MASK_IMPLS:
             again.mask_impl = impl

@@ -20,10 +20,10 @@ from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, causal_mask, stack_projections
 from .profiling import ProfileReport, StepProfiler
-from .step import EagleStep, PlainStep, StepGraphs, all_windows, window_for
+from .step import EagleStep, PlainStep, StepGraphs, all_windows, mode_of, window_for
 from .threads import pick_cpu_threads
 from .tree.masks import get_mask_impl
-from .verify import Sampler
+from .verify import Sampler, SamplerState
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class EaModel(nn.Module):
                  cuda_graph: Optional[bool] = None, attention: str = "auto",
                  kernels: Optional[Kernels] = None):
         """`head=None`: a base model alone, for `naive_generate` (the baseline). `cuda_graph`:
-        replay greedy decoding steps as CUDA graphs (default: on with CUDA; sampling runs
-        eager). `kernels`: what the forwards run (default `Kernels(attention=attention)`:
+        replay decoding steps, greedy and sampling, as CUDA graphs (default: on with CUDA). `kernels`: what the forwards run (default `Kernels(attention=attention)`:
         the fused path on CUDA with triton, attention as `Kernels.resolve_attention` says);
         installed on the base and head modules, which run this model's kernels from then on. A small
         model on the CPU sets torch to one thread unless OMP_NUM_THREADS is set (`eagle.threads`)."""
@@ -188,8 +187,8 @@ class EaModel(nn.Module):
         return ids, out
 
     @staticmethod
-    def _next_token(logits: Tensor, sampler: Optional[Sampler]) -> int:
-        return sampler.sample(sampler.probs(logits)) if sampler else int(logits.argmax())
+    def _next_token(logits: Tensor, sampler: Optional[SamplerState]) -> int:
+        return int(sampler.sample(logits) if sampler else logits.argmax())
 
     def _fingerprint(self, modules: list, tensors: list) -> tuple:
         """What captured graphs depend on: the addresses and shapes of the weights of `modules`
@@ -198,9 +197,10 @@ class EaModel(nn.Module):
         return (self.kernels.resolve_attention(self.device), self.kernels.describe(self.device),
                 *((t.data_ptr(), tuple(t.shape)) for t in every))
 
-    def _eagle_ready(self, greedy: bool, profile: bool) -> tuple[EagleStep, bool]:
-        """Caches, step buffers and (greedy, graphs on) the captured segments, before the prefill.
-        Returns the step and whether it replays as one graph."""
+    def _eagle_ready(self, sampler: Optional[Sampler], profile: bool) -> tuple[EagleStep, bool]:
+        """Caches, step buffers, (graphs on) the captured segments of this decoding mode, then the
+        sampling state seeded (after the capture, which draws), before the prefill. Returns the
+        step and whether it replays as one graph."""
         self.base.setup_cache(self.max_length)
         self.drafter.reset()
         w = self.base.lm_head.weight
@@ -208,17 +208,27 @@ class EaModel(nn.Module):
         if step is None or step.features.dtype != w.dtype or step.features.device != w.device:
             step = self.eagle_step = EagleStep(self.base, self.drafter, self.tree, self.mask_impl)
         step.drafter, step.mask_impl = self.drafter, self.mask_impl  # either may be swapped
-        one_graph = self.graphs.enabled and greedy and not profile and \
-            get_mask_impl(self.mask_impl).sync_free
-        if self.graphs.enabled and greedy:
+        one_graph = self.graphs.enabled and not profile and get_mask_impl(self.mask_impl).sync_free
+        state = self._load_sampling(step.sampling, sampler)
+        if self.graphs.enabled:
             d = self.drafter
             buffers = [self.base.kv.data, d.kv.data, d.n_ctx, d.level_positions, d.level_starts,
                        step.features, step.retrieve]
             blas = self.kernels.eagle_blas_name(self.device)  # the library the steps' products run on
             self.graphs.check(self._fingerprint([self.base, self.head], buffers) + (blas,))
             windows = all_windows(self.max_length)
-            self.graphs.capture(step.captures(self.graphs, windows, one_graph), step.reset)
+            self.graphs.capture(step.captures(self.graphs, windows, one_graph, state), step.reset,
+                                state.generator if state else None)
+        self._load_sampling(step.sampling, sampler)
         return step, one_graph
+
+    @staticmethod
+    def _load_sampling(state: SamplerState, sampler: Optional[Sampler]) -> Optional[SamplerState]:
+        """`state` set to `sampler` (seeded afresh), or None for greedy decoding."""
+        if sampler is None:
+            return None
+        state.load(sampler)
+        return state
 
     @torch.inference_mode()
     def generate(self, input_ids: Tensor, temperature: float = 0.0, top_p: float = 0.0,
@@ -228,7 +238,7 @@ class EaModel(nn.Module):
 
         The draft head takes the prompt's positions before the last in one eager forward
         (`Drafter.prefill`); every step then starts from one accepted position or more, so with
-        graphs on every greedy step replays captured graphs. `profile` then replays the step per
+        graphs on every step, greedy or sampling, replays captured graphs. `profile` then replays the step per
         segment (draft, tree buffers, verify forward, posterior, KV update: one graph each, the
         host part of `rebuild`/`incremental` eager between them) timed with CUDA events; the
         draft segment holds draft forwards and selection together."""
@@ -238,10 +248,11 @@ class EaModel(nn.Module):
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         prof = StepProfiler(enabled=profile, cuda=self.device.type == "cuda")
         with self.kernels.attention_context(self.device), self.kernels.blas_context(self.device):
-            step, one_graph = self._eagle_ready(sampler is None, profile)
+            step, one_graph = self._eagle_ready(sampler, profile)
+            state = step.sampling if sampler else None
             ids, out = self._prefill(input_ids, max_new_tokens, self.tree.step_slots)
             budget = TokenBudget(max_new_tokens, self.stop_ids)
-            root = self._next_token(out.logits[0, -1], sampler)
+            root = self._next_token(out.logits[0, -1], state)
             budget.extend([root])
             n = ids.shape[0]
             follow = torch.cat((ids[1:], torch.tensor([root], device=ids.device)))
@@ -252,7 +263,7 @@ class EaModel(nn.Module):
             while not budget.done:
                 window = window_for(cache_len + self.tree.step_slots, self.max_length)
                 with prof.section("step_total"):
-                    step.run(self.graphs, window, prof.section, one_graph, sampler)
+                    step.run(self.graphs, window, prof.section, one_graph, state)
                 prof.end_step()
                 tokens = step.result()
                 cache_len += len(tokens)
@@ -260,39 +271,46 @@ class EaModel(nn.Module):
                 budget.extend(tokens)
         return self._result(ids, budget, len(accepts), accepts, prof.report() if profile else None)
 
-    def _plain_ready(self, greedy: bool) -> PlainStep:
+    def _plain_ready(self, sampler: Optional[Sampler]) -> PlainStep:
+        """Cache, step buffers and (graphs on) the captured steps of this decoding mode; then the
+        sampling state seeded."""
         self.base.setup_cache(self.max_length)
         w = self.base.lm_head.weight
         step = self.plain_step
         if step is None or step.token.device != w.device:
             step = self.plain_step = PlainStep(self.base, w.device)
-        if self.plain_graphs.enabled and greedy:
+        state = self._load_sampling(step.sampling, sampler)
+        if self.plain_graphs.enabled:
             self.plain_graphs.check(self._fingerprint([self.base], [self.base.kv.data, step.token]))
-            self.plain_graphs.capture({("plain", window): (lambda window=window: step.greedy(window))
-                                       for window in all_windows(self.max_length)}, step.reset)
+            self.plain_graphs.capture({("plain", window, mode_of(state)): self._plain_fn(step, window, state)
+                                       for window in all_windows(self.max_length)}, step.reset,
+                                      state.generator if state else None)
+        self._load_sampling(step.sampling, sampler)
         return step
+
+    @staticmethod
+    def _plain_fn(step: PlainStep, window: int, state: Optional[SamplerState]):
+        return (lambda: step.sample(window)) if state else (lambda: step.greedy(window))
 
     @torch.inference_mode()
     def naive_generate(self, input_ids: Tensor, temperature: float = 0.0, top_p: float = 0.0,
                        top_k: int = 0, max_new_tokens: int = 512, seed: int = 0) -> GenerationResult:
         """Plain autoregressive decoding of the base model with the same stopping rules: a step
-        per token (captured with graphs on, greedy), one read of its token."""
+        per token (captured with graphs on), one read of its token."""
         sampler = Sampler(temperature, top_p, top_k, seed) if temperature > 0 else None
         with self.kernels.attention_context(self.device):
-            step = self._plain_ready(sampler is None)
+            step = self._plain_ready(sampler)
+            state = step.sampling if sampler else None
             ids, out = self._prefill(input_ids, max_new_tokens, 0)
             budget = TokenBudget(max_new_tokens, self.stop_ids)
-            budget.extend([self._next_token(out.logits[0, -1], sampler)])
+            budget.extend([self._next_token(out.logits[0, -1], state)])
             step.cache_len.fill_(ids.shape[0])
             step.token.fill_(budget.ids[-1])
             while not budget.done:
                 window = window_for(ids.shape[0] + len(budget.ids), self.max_length)
-                if sampler is None:
-                    self.plain_graphs.run(("plain", window), lambda: step.greedy(window))
-                    budget.extend([int(step.token)])
-                else:
-                    budget.extend([self._next_token(step.forward(window), sampler)])
-                    step.token.fill_(budget.ids[-1])
+                self.plain_graphs.run(("plain", window, mode_of(state)),
+                                      self._plain_fn(step, window, state))
+                budget.extend([int(step.token)])
         return self._result(ids, budget, len(budget.ids) - 1, [], None)
 
     @staticmethod

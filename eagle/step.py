@@ -3,6 +3,9 @@
 A step reads and writes only preallocated buffers (token ids, the cache length on the device, the
 tree buffers, the accepted path padded to a fixed width), so one step function serves both ways:
 `StepGraphs.run` calls it, or replays its graph. The decode loop reads one small result per step.
+Greedy and sampling steps alike: a sampling step reads its settings from device buffers and draws
+from a generator of its own, registered with its graphs (`SamplerState`), so that the same seed
+gives the same tokens replayed or eager; its graphs are kept per decoding mode (`mode_of`).
 Attention covers a window of the KV cache: the next power of two above what the step needs (at
 least MIN_WINDOW slots, at most the cache), so a graph exists per window and per segment, all
 captured together before a configuration's first prefill (`StepGraphs.capture`).
@@ -30,7 +33,8 @@ from .draft import Drafter
 from .llama import BaseOutput, LlamaForCausalLM, causal_mask, tree_attention_mask
 from .profiling import TimeSection, no_section
 from .tree.masks import build_tree_buffers, get_mask_impl
-from .verify import AcceptResult, Sampler, accept_greedy_on_device, accept_sampling, read_accepted
+from .verify import (AcceptResult, SamplerState, accept_greedy_on_device, accept_sampling_on_device,
+                     read_accepted)
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +61,12 @@ def all_windows(max_len: int) -> list[int]:
 @dataclass(frozen=True)
 class Segment:
     """One named part of a step. `run(window, section, sampler, got)` does its work and returns
-    its output; `got(name)` is an earlier segment's output."""
+    its output (`sampler`: the sampling state, None for greedy); `got(name)` is an earlier
+    segment's output."""
     name: str  # its timing section and graph
-    run: Callable[[int, TimeSection, Optional[Sampler], Callable[[str], Any]], Any]
+    run: Callable[[int, TimeSection, Optional[SamplerState], Callable[[str], Any]], Any]
     windowed: bool = True  # a graph per attention window (else one per mask implementation)
+    per_mode: bool = False  # a graph per decoding mode (greedy, each sampling shape)
     times_itself: bool = False  # eagerly, it opens finer sections of its own
     capturable: bool = True  # False: host work that runs eagerly between replayed segments
 
@@ -101,10 +107,13 @@ class StepGraphs:
         self.graphs[key].replay()
         return self.outputs[key]
 
-    def capture(self, segments: dict[Hashable, Callable[[], Any]], reset: Callable[[], None]) -> None:
+    def capture(self, segments: dict[Hashable, Callable[[], Any]], reset: Callable[[], None],
+                generator: Optional[torch.Generator] = None) -> None:
         """Capture every missing segment, in order (a segment may read an earlier one's outputs):
         `reset` puts the buffers in a valid state, one eager run on a side stream warms up
-        (kernel selection, JIT), then the graph is recorded and replayed once."""
+        (kernel selection, JIT), then the graph is recorded and replayed once. `generator`: the
+        random generator the segments draw from, registered with each graph, so that a replay
+        reads its seed and offset then and advances it as the eager calls would."""
         missing = {k: fn for k, fn in segments.items() if k not in self.graphs}
         if not self.enabled or not missing:
             return
@@ -120,6 +129,8 @@ class StepGraphs:
             torch.cuda.current_stream().wait_stream(side)
             reset()
             graph = torch.cuda.CUDAGraph()
+            if generator is not None:
+                graph.register_generator_state(generator)
             with torch.cuda.graph(graph, pool=self.pool):
                 self.outputs[key] = fn()
             graph.replay()  # real outputs for the warm-up of a segment that reads them
@@ -134,6 +145,12 @@ class StepGraphs:
                  grown / 2 ** 20)
 
 
+def mode_of(sampler: Optional[SamplerState]) -> Hashable:
+    """The decoding mode a captured step is specific to: None for greedy, else the sampling
+    settings' shape (whether top-p applies, top-k); their values are read at replay."""
+    return None if sampler is None else sampler.shape
+
+
 class PlainStep:
     """One token of plain decoding: forward at the device-side cache length, argmax in place."""
 
@@ -141,6 +158,7 @@ class PlainStep:
         self.base = base
         self.token = torch.zeros(1, 1, dtype=torch.long, device=device)  # [1, 1] the last token
         self.cache_len = torch.zeros((), dtype=torch.long, device=device)
+        self.sampling = SamplerState(device)
 
     def forward(self, window: int) -> Tensor:
         """Write the last token's K/V at slot cache_len, advance it; returns next logits [V]."""
@@ -152,6 +170,9 @@ class PlainStep:
 
     def greedy(self, window: int) -> None:
         self.token.copy_(self.forward(window).argmax().view(1, 1))
+
+    def sample(self, window: int) -> None:
+        self.token.copy_(self.sampling.sample(self.forward(window)).view(1, 1))
 
     def reset(self) -> None:
         self.token.zero_()
@@ -180,6 +201,7 @@ class EagleStep:
         self.mask = torch.zeros(t + 1, t + 1, dtype=torch.bool, device=dev)
         self.positions = torch.zeros(t + 1, dtype=torch.long, device=dev)
         self.retrieve = torch.full((t, c), -1, dtype=torch.long, device=dev)
+        self.sampling = SamplerState(dev)
         self._plan: tuple[Optional[str], list[Segment]] = (None, [])  # (mask_impl, segments)
 
     def start(self, features: Tensor, token: Tensor) -> None:
@@ -214,11 +236,11 @@ class EagleStep:
         return self.base(self.tree_tokens[None], start + self.positions, start,
                          tree_attention_mask(start, self.mask, window))
 
-    def posterior(self, out: BaseOutput, sampler: Optional[Sampler] = None) -> AcceptResult:
+    def posterior(self, out: BaseOutput, sampler: Optional[SamplerState] = None) -> AcceptResult:
         logits = out.logits[0]  # [T+1, V]
         if sampler is None:
             return accept_greedy_on_device(logits, self.tree_tokens, self.retrieve)
-        return self._padded(accept_sampling(logits, self.tree_tokens, self.retrieve, sampler))
+        return accept_sampling_on_device(logits, self.tree_tokens, self.retrieve, sampler)
 
     def kv_update(self, out: BaseOutput, res: AcceptResult) -> None:
         """Accepted nodes' K/V in place after the prefix; the next step's inputs; the length."""
@@ -227,14 +249,6 @@ class EagleStep:
         self.tokens.copy_(res.tokens)
         self.count.copy_(res.count)
         self.cache_len += res.count
-
-    def _padded(self, acc) -> AcceptResult:
-        """A sampled acceptance (host lists) in the fixed-width device form."""
-        c, dev = self.tokens.shape[0], self.tokens.device
-        path = acc.path.tolist()
-        pad = [0] * (c - len(path))
-        return AcceptResult(torch.tensor(path + pad, device=dev),
-                            torch.tensor(acc.tokens + pad, device=dev), torch.tensor(len(path), device=dev))
 
     def segments(self) -> list[Segment]:
         """The step, declared once: its segments in order. Each reads earlier segments' outputs
@@ -250,61 +264,69 @@ class EagleStep:
             Segment("tree_mask", lambda w, sec, smp, got: self.tree_buffers(sec), windowed=False,
                     times_itself=True, capturable=sync_free),  # rebuild/incremental: host work
             Segment("verify_forward", lambda w, sec, smp, got: self.verify_forward(w)),
-            Segment("posterior", lambda w, sec, smp, got: self.posterior(got("verify_forward"), smp)),
+            Segment("posterior", lambda w, sec, smp, got: self.posterior(got("verify_forward"), smp),
+                    per_mode=True),
             Segment("kv_update", lambda w, sec, smp, got: self.kv_update(got("verify_forward"),
-                                                                         got("posterior"))),
+                                                                         got("posterior")),
+                    per_mode=True),  # it reads the posterior's outputs
         ]
 
-    def key(self, segment: Segment, window: int) -> Hashable:
-        """A segment's graph: one per window, or one per mask implementation (the tree)."""
-        return (segment.name, window) if segment.windowed else (segment.name, self.mask_impl)
+    def key(self, segment: Segment, window: int, mode: Hashable = None) -> Hashable:
+        """A segment's graph: one per window, or one per mask implementation (the tree); the
+        posterior and what reads it also one per decoding `mode` (`mode_of`)."""
+        key = (segment.name, window) if segment.windowed else (segment.name, self.mask_impl)
+        return key + (mode,) if segment.per_mode else key
 
     def eager(self, window: int, section: TimeSection = no_section,
-              sampler: Optional[Sampler] = None) -> None:
+              sampler: Optional[SamplerState] = None) -> None:
         """Every segment in order, eagerly (or under capture as one graph, with the defaults)."""
         out: dict[str, Any] = {}
         for seg in self.segments():
             with nullcontext() if seg.times_itself else section(seg.name):
                 out[seg.name] = seg.run(window, section, sampler, out.__getitem__)
 
-    def captures(self, graphs: StepGraphs, windows: list[int],
-                 one_graph: bool) -> dict[Hashable, Callable[[], Any]]:
-        """The graphs of this configuration, in capture order, keyed as `run` replays them: the
-        whole step per window (`one_graph`), else each capturable segment per window (each reading
-        the earlier segments' captured outputs)."""
+    def captures(self, graphs: StepGraphs, windows: list[int], one_graph: bool,
+                 sampler: Optional[SamplerState] = None) -> dict[Hashable, Callable[[], Any]]:
+        """The graphs of this configuration and decoding mode, in capture order, keyed as `run`
+        replays them: the whole step per window (`one_graph`), else each capturable segment per
+        window (each reading the earlier segments' captured outputs)."""
+        mode = mode_of(sampler)
         if one_graph:
-            return {("step", self.mask_impl, w): (lambda w=w: self.eager(w)) for w in windows}
+            return {("step", self.mask_impl, w, mode): (lambda w=w: self.eager(w, sampler=sampler))
+                    for w in windows}
         out: dict[Hashable, Callable[[], Any]] = {}
         for w in windows:
-            got = (lambda name, w=w: graphs.outputs[self.key(self._segment(name), w)])
+            got = (lambda name, w=w: graphs.outputs[self.key(self._segment(name), w, mode)])
             for seg in self.segments():
-                if seg.capturable and self.key(seg, w) not in out:
-                    out[self.key(seg, w)] = (lambda seg=seg, w=w, got=got:
-                                             seg.run(w, no_section, None, got))
+                if seg.capturable and self.key(seg, w, mode) not in out:
+                    out[self.key(seg, w, mode)] = (lambda seg=seg, w=w, got=got:
+                                                   seg.run(w, no_section, sampler, got))
         return out
 
     def _segment(self, name: str) -> Segment:
         return next(seg for seg in self.segments() if seg.name == name)
 
     def run(self, graphs: StepGraphs, window: int, section: TimeSection, one_graph: bool,
-            sampler: Optional[Sampler] = None) -> None:
-        """One step: eager with sampling or with graphs disabled; otherwise replayed, as one
-        graph (`one_graph`) or segment by segment, each timed in its own section, with the host
-        part of a tree build that cannot be captured run eagerly between them."""
-        if sampler is not None or not graphs.enabled:
+            sampler: Optional[SamplerState] = None) -> None:
+        """One step (greedy, or sampling from `sampler`): eager with graphs disabled; otherwise
+        replayed, as one graph (`one_graph`) or segment by segment, each timed in its own section,
+        with the host part of a tree build that cannot be captured run eagerly between them."""
+        mode = mode_of(sampler)
+        if not graphs.enabled:
             self.eager(window, section, sampler)
         elif one_graph:
-            graphs.run(("step", self.mask_impl, window), lambda: self.eager(window))
+            graphs.run(("step", self.mask_impl, window, mode),
+                       lambda: self.eager(window, sampler=sampler))
         else:
             out: dict[str, Any] = {}
             for seg in self.segments():
                 if seg.capturable:
                     with section(seg.name):
                         out[seg.name] = graphs.run(
-                            self.key(seg, window),
-                            lambda seg=seg: seg.run(window, no_section, None, out.__getitem__))
+                            self.key(seg, window, mode),
+                            lambda seg=seg: seg.run(window, no_section, sampler, out.__getitem__))
                 else:
-                    out[seg.name] = seg.run(window, section, None, out.__getitem__)
+                    out[seg.name] = seg.run(window, section, sampler, out.__getitem__)
 
     def reset(self) -> None:
         """A valid dummy state for warm-up and capture: empty caches, a root-only step input."""

@@ -4,7 +4,13 @@ Greedy: a path's accepted length is the longest prefix of draft tokens equal to 
 the previous node; the first row with the maximum length wins; the bonus token is the base argmax
 after the last accepted node. Sampling (temperature > 0) follows upstream EAGLE: walk the tree level
 by level, accept child x with probability p_base(x), on rejection zero p(x) and renormalise; the
-residual (or, past the last level, the fresh) distribution samples the bonus token.
+residual (or, past the last level, the fresh) distribution samples the bonus token. The siblings
+are the draft's top-k, a deterministic function of the context, so the draft is a point mass on
+each candidate in turn (q(x) = 1) and this sequential test samples p_base exactly.
+
+Both run on the device with fixed shapes and no host read, so a captured step replays either.
+Sampling spends a fixed block of uniform draws per step (`accept_sampling_on_device`), from a
+generator of its own (`SamplerState`) that CUDA graphs advance as eager calls do.
 """
 from __future__ import annotations
 
@@ -65,9 +71,10 @@ def accept_greedy(logits: Tensor, tokens: Tensor, retrieve: Tensor) -> Acceptanc
     return Acceptance(res.path[: len(accepted)], accepted)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampler:
-    """Upstream's logits processing (temperature, then top-p, then top-k) with a seeded generator."""
+    """Sampling settings: upstream's logits processing (temperature, then top-p, then top-k) and
+    the seed of the random draws."""
 
     temperature: float
     top_p: float = 0.0
@@ -79,50 +86,133 @@ class Sampler:
             raise ValueError("Sampler needs temperature > 0 (use greedy decoding otherwise)")
         if not 0.0 <= self.top_p <= 1.0 or self.top_k < 0:
             raise ValueError("top_p must be in [0, 1] and top_k >= 0")
-        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def shape(self) -> tuple[bool, int]:
+        """What a captured sampling step depends on: whether top-p applies, and top-k (a shape).
+        The temperature and top-p values are read from device buffers at every replay."""
+        return (0.0 < self.top_p < 1.0, self.top_k)
+
+
+class SamplerState:
+    """What a sampling step reads, at fixed addresses: temperature and top-p on the device, the
+    settings' shape, and a random generator on the device, seeded by `load` for each call."""
+
+    def __init__(self, device: torch.device):
+        self.temperature = torch.ones((), device=device)
+        self.top_p = torch.ones((), device=device)
+        self.generator = torch.Generator(device=device)
+        self.shape: tuple[bool, int] = (False, 0)
+
+    def load(self, sampler: Sampler) -> None:
+        self.temperature.fill_(sampler.temperature)
+        self.top_p.fill_(sampler.top_p)
+        self.generator.manual_seed(sampler.seed)
+        self.shape = sampler.shape
 
     def probs(self, logits: Tensor) -> Tensor:
-        """logits: [V] -> probabilities [V], float32 on the CPU."""
-        x = logits.float().cpu() / self.temperature
-        if 0.0 < self.top_p < 1.0:
+        """logits [V] -> probabilities [V] (float32, on the logits' device)."""
+        x = logits.float() / self.temperature
+        use_top_p, top_k = self.shape
+        if use_top_p:
             srt, order = torch.sort(x)
             cum = torch.softmax(srt, dim=-1).cumsum(dim=-1)
             drop = cum <= 1 - self.top_p
             drop[-1] = False  # keep at least the most likely token
             x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-        if self.top_k > 0:
-            kth = torch.topk(x, min(self.top_k, x.shape[-1])).values[-1]
+        if top_k > 0:
+            kth = torch.topk(x, min(top_k, x.shape[-1])).values[-1]
             x = x.masked_fill(x < kth, float("-inf"))
         return torch.softmax(x, dim=-1)
 
-    def uniform(self) -> float:
-        return torch.rand((), generator=self.generator).item()
+    def draws(self, *shape: int) -> Tensor:
+        """Uniform draws in [0, 1) of `shape` from this state's generator."""
+        return torch.rand(shape, generator=self.generator, device=self.temperature.device)
 
-    def sample(self, p: Tensor) -> int:
-        return int(torch.multinomial(p, 1, generator=self.generator))
+    def sample(self, logits: Tensor) -> Tensor:
+        """One token (0-d, on the device) from the processed `logits` [V]."""
+        return inverse_cdf(self.probs(logits), self.draws())
 
 
-def accept_sampling(logits: Tensor, tokens: Tensor, retrieve: Tensor, sampler: Sampler) -> Acceptance:
-    """Children are tried in increasing node order, so the result does not depend on row order."""
-    paths = [row for row in retrieve.tolist() if row[0] == 0]
-    toks = tokens.tolist()
-    path: list[int] = [0]
-    while True:
-        col = len(path)
-        paths = [r for r in paths if len(r) > col and r[col - 1] == path[-1]]
-        children = sorted({r[col] for r in paths if r[col] >= 0})
-        p = sampler.probs(logits[path[-1]])
-        chosen: Optional[int] = None
-        for child in children:
-            x = toks[child]
-            if sampler.uniform() <= p[x].item():
-                chosen = child
-                break
-            p[x] = 0.0
-            p = p / p.sum()
-        if chosen is None:
-            bonus = sampler.sample(p)
-            break
-        path.append(chosen)
-    accepted = [toks[n] for n in path[1:]]
-    return Acceptance(torch.tensor(path, device=tokens.device), accepted + [bonus])
+def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
+    """The token (0-d) whose cumulative interval of `weights` [V] (any positive total) holds
+    u * total, u (0-d) in [0, 1): token t with probability weights[t] / total, never a token of
+    weight 0 (a rounding overshoot of the total lands on the last token of positive weight)."""
+    cdf = weights.cumsum(dim=-1)
+    t = torch.searchsorted(cdf, (u * cdf[-1]).view(1), right=True)[0]
+    order = torch.arange(weights.shape[-1], device=weights.device)
+    return torch.minimum(t, ((weights > 0).long() * order).argmax())
+
+
+def children_of(retrieve: Tensor, node: Tensor, depth: int, n: int) -> Tensor:
+    """[n] bool (n = T+1 nodes): the children of `node` (0-d), at column `depth` of `retrieve`."""
+    below = retrieve[:, depth + 1]
+    hit = (retrieve[:, depth] == node) & (below >= 0)
+    slot = torch.where(hit, below, torch.full_like(below, n))  # slot n collects the misses
+    return torch.zeros(n + 1, dtype=torch.bool, device=retrieve.device).scatter_(0, slot, True)[:n]
+
+
+def residual(p: Tensor, tokens: Tensor, children: Tensor) -> Tensor:
+    """p [V] with the children's tokens (tokens [T+1] at nodes where `children`) zeroed."""
+    v = p.shape[-1]
+    slot = torch.where(children, tokens, torch.full_like(tokens, v))
+    hit = torch.zeros(v + 1, dtype=torch.bool, device=p.device).scatter_(0, slot, True)[:v]
+    return p.masked_fill(hit, 0.0)
+
+
+def candidate_odds(p: Tensor, tokens: Tensor, children: Tensor) -> Tensor:
+    """[T+1]: the probability of accepting each child (in node order) once the earlier children are
+    rejected: p(x) over the mass p has left after zeroing the earlier children's tokens (0 for a
+    token an earlier child holds, 0 off the children). When the children hold all of p's mass,
+    the last child of positive mass is accepted surely (so rounding never rejects them all)."""
+    order = torch.arange(tokens.shape[0], device=tokens.device)
+    earlier = (tokens[:, None] == tokens[None, :]) & children[None, :] & (order[None, :] < order[:, None])
+    mass = torch.where(children & ~earlier.any(dim=1), p.index_select(0, tokens), 0.0)
+    left = p.sum() - (mass.cumsum(dim=0) - mass)
+    odds = torch.where(mass > 0, mass / left.clamp(min=torch.finfo(p.dtype).tiny), 0.0).clamp(max=1.0)
+    last = ((mass > 0).long() * order).argmax()
+    covered = residual(p, tokens, children).sum() <= 0
+    return torch.where(covered & (order == last) & (mass > 0), 1.0, odds)
+
+
+def accept_sampling_on_device(logits: Tensor, tokens: Tensor, retrieve: Tensor,
+                              state: SamplerState, draws: Optional[Tensor] = None) -> AcceptResult:
+    """The sampled acceptance with fixed shapes and no host read (C = retrieve width). At depth d,
+    from the last accepted node: child n is accepted when draws[d, n] < its odds
+    (`candidate_odds`), the first accepted in node order wins; none accepted, the bonus token is
+    drawn from the residual by inverse CDF with draws[0, 0] (the root's slot, never a child's),
+    and the walk stops.
+
+    draws: [C, T+1] uniforms in [0, 1) (more rows are ignored); default: drawn from `state`'s
+    generator."""
+    n, c, dev = tokens.shape[0], retrieve.shape[1], tokens.device
+    draws = state.draws(c, n) if draws is None else draws
+    cur, count = torch.zeros((), dtype=torch.long, device=dev), torch.ones((), dtype=torch.long, device=dev)
+    alive = torch.ones((), dtype=torch.bool, device=dev)
+    path, out = torch.zeros(c, dtype=torch.long, device=dev), torch.zeros(c, dtype=torch.long, device=dev)
+    none = torch.zeros(n, dtype=torch.bool, device=dev)
+    stop_p, stop_children = None, none
+    for d in range(c):
+        p = state.probs(logits.index_select(0, cur.view(1))[0])
+        children = children_of(retrieve, cur, d, n) if d < c - 1 else none
+        accepted = draws[d] < candidate_odds(p, tokens, children)
+        took, chosen = alive & accepted.any(), accepted.long().argmax()
+        stops = alive & ~took
+        stop_p = p if stop_p is None else torch.where(stops, p, stop_p)
+        stop_children = torch.where(stops, children, stop_children)
+        count = torch.where(stops, d + 1, count)
+        if d < c - 1:
+            path[d + 1] = torch.where(took, chosen, 0)
+            out[d] = torch.where(took, tokens.index_select(0, chosen.view(1))[0], 0)
+        cur, alive = torch.where(took, chosen, cur), took
+    bonus = inverse_cdf(residual(stop_p, tokens, stop_children), draws[0, 0])
+    out = torch.where(torch.arange(c, device=dev) == count - 1, bonus, out)
+    return AcceptResult(path, out, count)
+
+
+def accept_sampling(logits: Tensor, tokens: Tensor, retrieve: Tensor, state: SamplerState,
+                    draws: Optional[Tensor] = None) -> Acceptance:
+    """`accept_sampling_on_device` read back to the host."""
+    res = accept_sampling_on_device(logits, tokens, retrieve, state, draws)
+    accepted = read_accepted(res.count, res.tokens)
+    return Acceptance(res.path[: len(accepted)], accepted)

@@ -19,7 +19,7 @@ import numpy as np
 from .answers import AnswerFileError, drafts, read_answers
 from .machine import KEY, busy
 from .paired import MIN_QUESTIONS, Band, drift_allowance, judge, spread_pct, t_interval
-from .run_settings import RunSettings
+from .run_settings import RunSettings, samples, temperature_text
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,9 @@ def identity_not_expected(base: Run, opt: Run) -> Optional[str]:
     """Why the two files need not agree token for token, or None where they must: greedy decoding,
     or sampling by the same method with the same seed (the settings checks enforce the seed)."""
     a, b = base.settings, opt.settings
-    if not a.get("temperature") or a.get("method") == b.get("method"):
+    if not samples(a) or a.get("method") == b.get("method"):
         return None
-    return (f"under sampling (temperature {a.get('temperature')}) {a.get('method')} and "
+    return (f"under sampling ({temperature_text(a)}) {a.get('method')} and "
             f"{b.get('method')} draw from different random streams (EAGLE spends draws on accepting "
             f"or rejecting drafted tokens, plain decoding one per token), so their tokens are not "
             f"expected to match")
@@ -248,8 +248,17 @@ def pairing(base: Run, opt: Run) -> dict:
             "questions": len(base.rows)}
 
 
+def tokens_per_step(run: Run, qids: list) -> Optional[float]:
+    """New tokens per decoding step over the questions `qids` (as `acceptance` counts them)."""
+    by_qid = run.by_qid()
+    choices = [c for q in qids for c in by_qid[q][1]["choices"]]
+    steps = sum(sum(c["decoding_steps"]) for c in choices)
+    return sum(sum(c["new_tokens"]) for c in choices) / steps if steps else None
+
+
 def per_category(base: Run, opt: Run, qids: list, paired: bool) -> list:
-    """Per category: throughputs, speedup, and a CI where the category has MIN_QUESTIONS."""
+    """Per category: throughputs, new tokens per step, speedup, and a CI where the category has
+    MIN_QUESTIONS."""
     ta, tb = question_totals(base), question_totals(opt)
     groups = defaultdict(list)
     for qid in qids:
@@ -260,7 +269,8 @@ def per_category(base: Run, opt: Run, qids: list, paired: bool) -> list:
         tps_b = sum(tb[q][1] for q in members) / sum(tb[q][2] for q in members)
         s = speedup_of(base, opt, members, paired)
         rows.append({"category": cat, "questions": len(members), "baseline_tokens_per_s": tps_a,
-                     "opt_tokens_per_s": tps_b, "speedup": s["value"],
+                     "opt_tokens_per_s": tps_b, "baseline_tokens_per_step": tokens_per_step(base, members),
+                     "opt_tokens_per_step": tokens_per_step(opt, members), "speedup": s["value"],
                      "ci95": s["ci95"] if len(members) >= MIN_QUESTIONS else None})
     return rows
 

@@ -66,9 +66,10 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
                         "bit for bit; torch's choice on the CPU); a named SDPA backend is pinned "
                         "for every attention; recorded in the settings with the kernel that ran")
     g.add_argument("--cuda-graph", choices=("on", "off"), default=None,
-                   help="replay each greedy decoding step as CUDA graphs, captured once per model "
-                        "and tree configuration before the first prompt (default: on with CUDA, "
-                        "off on the CPU); sampling (--temperature > 0) runs eager either way")
+                   help="replay each decoding step, greedy or sampling, as CUDA graphs, captured "
+                        "once per model, tree configuration and decoding mode before the first "
+                        "prompt (default: on with CUDA, off on the CPU); a seed gives the same "
+                        "tokens with graphs on or off")
 
 
 def _data_group(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +90,10 @@ def _decoding_group(parser: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--max-new-token", type=int, default=1024, metavar="N",
                    help="new tokens per turn at most (default: 1024)")
     g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    g.add_argument("--mt-bench-temperatures", action="store_true",
+                   help="MT-Bench's own temperature per question category, as FastChat's llm_judge "
+                        "sets it: writing and roleplay 0.7, stem and humanities 0.1, the others 0 "
+                        "(greedy); recorded in the settings (temperature_by_category)")
     g.add_argument("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling, 0 = off")
     g.add_argument("--sample-top-k", type=int, default=0, metavar="K", help="top-k sampling, 0 = off")
     g.add_argument("--num-choices", type=int, default=1, metavar="N", help="answers per question")
@@ -132,7 +137,8 @@ def build_parser(method: str, prog: str) -> argparse.ArgumentParser:
     _data_group(parser)
     _decoding_group(parser, method)
     _tree_group(parser, method)
-    parser.set_defaults(mask_impl="rebuild", profile=False, with_baseline=False)
+    parser.set_defaults(mask_impl="rebuild", profile=False, with_baseline=False,
+                        mt_bench_temperatures=False)
     return parser
 
 

@@ -134,7 +134,8 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
         "preset": cfg.preset,
         "dtype": str(dtype).removeprefix("torch."),
         "total_token": cfg.total_token, "depth": cfg.depth, "top_k": cfg.top_k,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
+        "temperature": cfg.temperature, "temperature_by_category": cfg.temperature_by_category,
+        "top_p": cfg.top_p, "sample_top_k": cfg.sample_top_k,
         "max_new_token": cfg.max_new_token, "max_length": cfg.max_length,
         "attention_backend": cfg.attention_backend,
         "attention_kernel": kernels.resolve_attention(device) or "torch default",
@@ -151,9 +152,8 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
 
 
 def graph_setting(cfg: GenConfig, device: torch.device) -> str:
-    if not cfg.graphs_on(device):
-        return "off"
-    return "on (greedy steps; sampling runs eager)" if cfg.temperature > 0 else "on"
+    """"on" or "off": with graphs on, greedy and sampling steps alike replay them."""
+    return "on" if cfg.graphs_on(device) else "off"
 
 
 def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:
@@ -193,9 +193,9 @@ class Answerer:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
 
-    def _generate(self, input_ids: torch.Tensor, seed: int):
+    def _generate(self, input_ids: torch.Tensor, seed: int, temperature: float):
         c = self.cfg
-        kwargs = dict(temperature=c.temperature, top_p=c.top_p, top_k=c.sample_top_k,
+        kwargs = dict(temperature=temperature, top_p=c.top_p, top_k=c.sample_top_k,
                       max_new_tokens=c.max_new_token, seed=seed)
         self._sync()
         start = time.perf_counter()
@@ -208,11 +208,11 @@ class Answerer:
 
     def conversations(self, question: dict) -> list["Conversation"]:
         """One conversation per choice, each to be given the question's turns in order."""
-        return [Conversation(self, i) for i in range(self.cfg.num_choices)]
+        return [Conversation(self, i, question["category"]) for i in range(self.cfg.num_choices)]
 
     def choice(self, question: dict, index: int):
         """One answer to every turn of a question: (choice dict, merged profile or None)."""
-        talk = Conversation(self, index)
+        talk = Conversation(self, index, question["category"])
         for user_turn in question["turns"]:
             talk.turn(user_turn)
         return talk.out, talk.profile
@@ -239,8 +239,9 @@ class Conversation:
     """One choice of one question with one answerer: the chat so far and its per-turn statistics;
     each turn follows this conversation's own earlier answers."""
 
-    def __init__(self, answerer: Answerer, index: int):
+    def __init__(self, answerer: Answerer, index: int, category: str):
         self.answerer, self.index = answerer, index
+        self.temperature = answerer.cfg.temperature_for(category)
         self.users: list[str] = []  # the user turns so far
         self.replies: list[str] = []  # the answer's text of each earlier turn
         self.out = new_choice(index)
@@ -250,7 +251,8 @@ class Conversation:
         a = self.answerer
         self.users.append(user_turn)
         messages = chat_messages(self.users, self.replies)
-        result, seconds = a._generate(a._prompt_ids(messages), a.cfg.seed + self.index)
+        result, seconds = a._generate(a._prompt_ids(messages), a.cfg.seed + self.index,
+                                      self.temperature)
         text = answer_text(a.tokenizer, result.new_token_ids, a.model.stop_ids)
         self.replies.append(text)
         add_turn(self.out, text, result.new_token_ids, result.accepted_drafts, seconds, a.cfg.drafts)

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from .run_settings import samples, temperature_text
+
 if TYPE_CHECKING:  # torch loads only when a model is judged: --help stays instant
     from torch import Tensor
 
@@ -20,7 +22,7 @@ SIGNIFICAND_BITS = {"float16": 10, "bfloat16": 7, "float32": 23, "float64": 52}
 DEFAULT_ULPS = 8.0
 # settings that decide which model, prompt and decoding rule the runs used: they must agree
 SAME_SETTINGS = ("base_model", "preset", "tokenizer", "chat", "dtype", "max_new_token",
-                 "temperature", "top_p", "sample_top_k", "num_choices")
+                 "temperature", "temperature_by_category", "top_p", "sample_top_k", "num_choices")
 
 
 class RefereeError(ValueError):
@@ -88,9 +90,9 @@ def check_alike(path_a: Path, rows_a: dict, path_b: Path, rows_b: dict) -> None:
 
 def sampling_note(settings: dict) -> Optional[str]:
     """Why identical ids are not expected, for a run that samples; None for greedy runs."""
-    if not settings.get("temperature"):
+    if not samples(settings):
         return None
-    return (f"sampling runs (temperature {settings['temperature']}): every token is drawn at "
+    return (f"sampling runs ({temperature_text(settings)}): every token is drawn at "
             f"random, and speculative sampling keeps the output distribution, not the draws, so "
             f"identical token ids are not expected and a divergence says nothing about "
             f"correctness; judge sampling runs by their output distribution, not token by token")

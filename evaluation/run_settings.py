@@ -19,6 +19,9 @@ PRESET_PREFIX = "preset:"
 PLACEHOLDER = "{impl}"  # in --answer-file / --model-id: the member's label (rebuild, rebuild-2, baseline)
 BASELINE = "baseline"
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
+# MT-Bench's own sampling temperatures per question category (FastChat llm_judge, common.py
+# `temperature_config`); every other category (extraction, math, coding, reasoning) is greedy.
+MT_BENCH_TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1}
 
 class GenError(ValueError):
     """A setting or input file the generator cannot use; the message says what to fix."""
@@ -61,6 +64,7 @@ class GenConfig:
     temperature: float = 0.0  # 0: greedy (lossless)
     top_p: float = 0.0  # 0: off
     sample_top_k: int = 0  # 0: off
+    mt_bench_temperatures: bool = False  # the temperature of each question's category instead
     mask_impl: str = "rebuild"  # upstream behaviour; "A,B,..." answers with each in turn
     with_baseline: bool = False  # plain decoding of the base joins the rotation
     profile: bool = False
@@ -85,6 +89,18 @@ class GenConfig:
     def drafts(self) -> bool:
         """EAGLE drafts with a head and a mask builder; the baseline loads and uses neither."""
         return self.method == "eagle"
+
+    def temperature_for(self, category: str) -> float:
+        """The temperature a question of `category` is answered at."""
+        if self.mt_bench_temperatures:
+            return MT_BENCH_TEMPERATURES.get(category, 0.0)
+        return self.temperature
+
+    @property
+    def temperature_by_category(self) -> Optional[dict[str, float]]:
+        """What the settings record of --mt-bench-temperatures: category -> temperature, the
+        categories not named being greedy; None without the option."""
+        return dict(MT_BENCH_TEMPERATURES) if self.mt_bench_temperatures else None
 
     def graphs_on(self, device) -> bool:
         """Whether decoding steps replay CUDA graphs on `device` (the resolved --cuda-graph)."""
@@ -147,6 +163,9 @@ class GenConfig:
                 raise GenError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         if self.temperature < 0:
             raise GenError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.mt_bench_temperatures and self.temperature > 0:
+            raise GenError("--mt-bench-temperatures sets the temperature per question category: "
+                           "leave out --temperature")
         if not 0.0 <= self.top_p <= 1.0:
             raise GenError(f"--top-p must be in [0, 1], got {self.top_p}")
 
@@ -225,6 +244,7 @@ class RunSettings:
     depth: int
     top_k: int
     temperature: float
+    temperature_by_category: Optional[dict]  # --mt-bench-temperatures (others 0); else None
     top_p: float
     sample_top_k: int
     max_new_token: int
@@ -274,6 +294,20 @@ class RunSettings:
 
     def with_code(self, code: dict) -> "RunSettings":
         return replace(self, code=code)
+
+
+def samples(settings: dict) -> bool:
+    """Whether a run's answers (some or all) were sampled rather than greedy."""
+    by_category = settings.get("temperature_by_category") or {}
+    return bool(settings.get("temperature")) or any(t > 0 for t in by_category.values())
+
+
+def temperature_text(settings: dict) -> str:
+    """How a run's temperature reads in a report: a number, or MT-Bench's per-category values."""
+    by_category = settings.get("temperature_by_category")
+    if by_category:
+        return "per category: " + ", ".join(f"{c} {t}" for c, t in by_category.items()) + ", others 0"
+    return f"temperature {settings.get('temperature')}"
 
 
 def settings_differences(a: dict, b: dict) -> list[str]:

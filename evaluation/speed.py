@@ -164,12 +164,13 @@ def _speedup_line(report: dict) -> str:
 
 
 def _category_rows(report: dict) -> list[str]:
-    lines = ["| category | questions | baseline tok/s | opt tok/s | speedup | 95% CI |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| category | questions | baseline tok/s | opt tok/s | baseline tok/step | "
+             "opt tok/step | speedup | 95% CI |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["categories"]:
         ci = f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}" if r["ci95"] else "n/a"
         lines.append(f"| {r['category']} | {r['questions']} | {r['baseline_tokens_per_s']:.2f} | "
-                     f"{r['opt_tokens_per_s']:.2f} | {r['speedup']:.3f}x | {ci} |")
+                     f"{r['opt_tokens_per_s']:.2f} | {_fmt(r['baseline_tokens_per_step'])} | "
+                     f"{_fmt(r['opt_tokens_per_step'])} | {r['speedup']:.3f}x | {ci} |")
     return lines
 
 

@@ -218,7 +218,8 @@ def test_multi_turn_prompt_carries_the_history(tiny_ckpt):
 
     Recorder.tokenizer = tokenizer
     cfg = GenConfig("eagle", "b", "d", "m", Path("a.jsonl"), Path("q.jsonl"))
-    choice, _ = Answerer(Recorder(), cfg, {}).choice({"turns": ["First question?", "Second one?"]}, 0)
+    question = {"category": "writing", "turns": ["First question?", "Second one?"]}
+    choice, _ = Answerer(Recorder(), cfg, {}).choice(question, 0)
     assert choice["turns"] == ["The capital is Paris."] * 2
     assert choice["new_tokens"] == [len(reply) + 1] * 2 and choice["detail"]["token_ids"][0][-1] == eot
     first, second = prompts
@@ -226,6 +227,43 @@ def test_multi_turn_prompt_carries_the_history(tiny_ckpt):
     assert SYSTEM_PROMPT.strip() in first and first.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert second.startswith(first)  # turn 2 sees turn 1 and its answer
     assert "The capital is Paris.<|eot_id|>" in second and "Second one?" in second
+
+
+@pytest.mark.parametrize("option, want", [
+    (["--mt-bench-temperatures"], {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1,
+                                   "math": 0.0, "coding": 0.0, "reasoning": 0.0, "extraction": 0.0}),
+    (["--temperature", "0.3"], {"writing": 0.3, "math": 0.3}),
+])
+def test_each_question_is_answered_at_its_categorys_temperature(option, want, tiny_ckpt):
+    """--mt-bench-temperatures: FastChat llm_judge's temperature per category, recorded in the
+    settings; without it every category gets --temperature."""
+    from eagle.ea_model import GenerationResult
+    from evaluation.gen_cli import build_parser
+    from evaluation.generate import Answerer
+    from evaluation.run_settings import GenConfig
+
+    from transformers import AutoTokenizer
+
+    asked = []
+
+    class Recorder:
+        device = torch.device("cpu")
+        stop_ids = frozenset({0})
+        tokenizer = AutoTokenizer.from_pretrained(str(tiny_ckpt / "base"))
+
+        def generate(self, input_ids, **kwargs):
+            asked.append(kwargs["temperature"])
+            return GenerationResult(input_ids, [5, 0], 1, [0])
+
+    args = build_parser("eagle", "gen").parse_args(["--base-model-path", "b"] + option)
+    cfg = GenConfig.from_args(args, "eagle", paths=False)
+    answerer = Answerer(Recorder(), cfg, {})
+    for category in want:
+        answerer.choice({"category": category, "turns": ["q?"]}, 0)
+    assert asked == list(want.values())
+    recorded = cfg.temperature_by_category
+    assert recorded == ({k: v for k, v in want.items() if v > 0} if option[0] != "--temperature"
+                        else None)
 
 
 def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -305,6 +343,8 @@ def test_preset_with_borrowed_tokenizer(tiny_ckpt, question_file, tmp_path, monk
      "--max-new-token must be >= 1"),
     (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--total-token", "600"],
      "total_token must be in"),
+    (["--base-model-path", "BASE", "--ea-model-path", "DRAFT", "--mt-bench-temperatures",
+      "--temperature", "0.5"], "leave out --temperature"),
 ])
 def test_user_errors_exit_2_saying_what_to_fix(argv, message, tiny_ckpt, question_file, caplog):
     subst = {"BASE": str(tiny_ckpt / "base"), "DRAFT": str(tiny_ckpt / "draft")}

@@ -1,4 +1,5 @@
-"""GPU checks of the static-shape engine: CUDA graphs decode the tokens eager decoding does, the
+"""GPU checks of the static-shape engine: CUDA graphs decode the tokens eager decoding does (greedy,
+and sampling with one seed), the
 default (deterministic) kernels reproduce themselves, and a captured step never syncs."""
 import pytest
 import torch
@@ -15,12 +16,13 @@ pytestmark = pytest.mark.gpu
 TREE = TreeConfig(60, 5, 10)
 
 
-def decode_every_way(model: EaModel, prompt: torch.Tensor, new: int) -> dict:
-    """Token ids of the baseline and of every mask implementation on one model."""
-    out = {"baseline": model.naive_generate(prompt, max_new_tokens=new).new_token_ids}
+def decode_every_way(model: EaModel, prompt: torch.Tensor, new: int, **sampling) -> dict:
+    """Token ids of the baseline and of every mask implementation on one model (`sampling`:
+    temperature, top_p, top_k, seed for `generate`; greedy without)."""
+    out = {"baseline": model.naive_generate(prompt, max_new_tokens=new, **sampling).new_token_ids}
     for impl in MASK_IMPLS:
         model.mask_impl = impl
-        out[impl] = model.generate(prompt, max_new_tokens=new).new_token_ids
+        out[impl] = model.generate(prompt, max_new_tokens=new, **sampling).new_token_ids
     return out
 
 
@@ -48,6 +50,31 @@ def test_graphs_decode_the_eager_tokens_8b_fp16():
     graph, eager = twin_models("llama3.1-8b", torch.float16)
     prompt = prompt_ids(128000, 200)
     assert decode_every_way(graph, prompt, 48) == decode_every_way(eager, prompt, 48)
+
+
+SAMPLINGS = [dict(temperature=0.7, seed=3), dict(temperature=1.0, top_p=0.9, seed=4),
+             dict(temperature=1.0, top_k=20, seed=5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_graphs_sample_the_eager_tokens_tiny(dtype):
+    """Captured sampling steps draw what eager ones draw: one seed, the same tokens, for every
+    sampling shape (each its own graphs), after greedy graphs were captured on the same model."""
+    graph, eager = twin_models("tiny", dtype)
+    prompt = prompt_ids(graph.base.args.vocab_size, 40)
+    assert decode_every_way(graph, prompt, 40) == decode_every_way(eager, prompt, 40)
+    for sampling in SAMPLINGS:
+        got = decode_every_way(graph, prompt, 80, **sampling)
+        assert got == decode_every_way(eager, prompt, 80, **sampling), sampling
+        assert got == decode_every_way(graph, prompt, 80, **sampling), sampling  # reseeded per call
+
+
+def test_graphs_sample_the_eager_tokens_8b_fp16():
+    graph, eager = twin_models("llama3.1-8b", torch.float16)
+    prompt = prompt_ids(128000, 200)
+    for sampling in SAMPLINGS[:2]:
+        assert decode_every_way(graph, prompt, 48, **sampling) == \
+            decode_every_way(eager, prompt, 48, **sampling), sampling
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

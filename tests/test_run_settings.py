@@ -5,7 +5,7 @@ from evaluation.run_settings import RunSettings
 def recorded(**change) -> dict:
     """A settings dict as a generator writes it (every known key), with `change` applied."""
     values = {key: f"value of {key}" for key in RunSettings.known_keys()}
-    values.update(total_token=60, temperature=0.0, code={"fingerprint": "abc"}, **change)
+    values.update({"total_token": 60, "temperature": 0.0, "code": {"fingerprint": "abc"}, **change})
     return values
 
 
@@ -50,3 +50,14 @@ def test_settings_of_prints_one_key_of_an_answer_file(tmp_path, capsys):
     assert main([str(path), "total_token"]) == 0 and capsys.readouterr().out == "60\n"
     (tmp_path / "empty.jsonl").write_text("")
     assert main([str(tmp_path / "empty.jsonl"), "dtype"]) == 2
+
+
+def test_sampling_is_read_from_the_temperature_or_the_categories():
+    from evaluation.run_settings import samples, temperature_text
+
+    assert not samples(recorded(temperature_by_category=None))
+    assert samples(recorded(temperature=0.7))
+    by_category = recorded(temperature_by_category={"writing": 0.7})
+    assert samples(by_category) and temperature_text(by_category) == "per category: writing 0.7, others 0"
+    older = {k: v for k, v in recorded().items() if k != "temperature_by_category"}
+    assert RunSettings.from_dict(older).temperature_by_category is None and not samples(older)

@@ -73,6 +73,10 @@ def test_identical_runs_exit_0_with_report(pair, tmp_path, capsys):
     lo, hi = report["speedup"]["ci95"]
     assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
     assert [c["category"] for c in report["categories"]] == ["math", "writing"]
+    math, writing = report["categories"]
+    assert math["opt_tokens_per_step"] == pytest.approx(6 / 3)  # 2 + 4 tokens in 1 + 2 steps
+    assert writing["opt_tokens_per_step"] == pytest.approx(18 / 9)
+    assert math["baseline_tokens_per_step"] == pytest.approx(2.0)
     acceptance = report["opt"]["acceptance"]
     assert acceptance["new_tokens_per_step"] == pytest.approx(24 / 12)  # 12 steps
     assert acceptance["mean_acceptance_length"] == pytest.approx((12 + 12) / 12)  # accepted + bonus
@@ -124,6 +128,20 @@ def test_sampling_by_two_methods_needs_no_identity_and_says_why(tmp_path, capsys
     assert "Compared instead: new tokens per turn 4.00 (baseline) vs 4.00 (opt); new tokens per " \
            "step 1.00 vs 2.00." in printed
     assert printed.rstrip().endswith("token identity not expected (5/6 turns identical)")
+
+
+def test_mt_bench_temperatures_count_as_sampling(tmp_path, capsys):
+    """A run at MT-Bench's per-category temperatures samples (some categories), so two methods
+    need not agree; the report names the temperatures and gives tokens per step per category."""
+    sampled = with_settings(temperature_by_category={"writing": 0.7, "stem": 0.1})
+    a = write(tmp_path / "a.jsonl", answers(settings={**sampled, "method": "baseline", "mask_impl": None}))
+    rows = answers(settings=sampled)
+    rows[0]["choices"][0]["detail"]["token_ids"][0][1] = 999
+    b = write(tmp_path / "b.jsonl", rows)
+    assert run_speed("--baseline", a, "--opt", b) == 0
+    printed = capsys.readouterr().out
+    assert "under sampling (per category: writing 0.7, stem 0.1, others 0) baseline and eagle" in printed
+    assert "| writing | 2 | 9.00 | 9.00 | 1.00 | 2.00 | 1.000x |" in printed
 
 
 @pytest.mark.parametrize("changes", [{"temperature": 0.7}, {}])

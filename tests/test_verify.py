@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from eagle.tree.masks import available_mask_impls, build_tree_buffers
-from eagle.verify import Sampler, accept_greedy, accept_sampling
+from eagle.verify import Sampler, SamplerState, accept_greedy, accept_sampling
 
 CPU_IMPLS = available_mask_impls(torch.device("cpu"))
 
@@ -30,11 +30,13 @@ def test_padding_rows_never_win():
 def test_greedy_and_sampling_agree_across_impls(seed):
     parents, tokens, logits = random_case(seed)
     logits[torch.arange(13), tokens.roll(-1)] += 3.0  # make long accepted runs likely
-    results = {}
+    results, state = {}, SamplerState(torch.device("cpu"))
+    state.load(Sampler(0.9, seed=seed))
+    draws = state.draws(13, 13)  # as many rows as the widest retrieve has columns
     for impl in CPU_IMPLS:
         ret = build_tree_buffers(parents, 12, impl).retrieve_indices
         greedy = accept_greedy(logits, tokens, ret)
-        sampled = accept_sampling(logits, tokens, ret, Sampler(0.9, seed=seed))
+        sampled = accept_sampling(logits, tokens, ret, state, draws)
         results[impl] = (greedy.tokens, greedy.path.tolist(), sampled.tokens, sampled.path.tolist())
     assert all(r == results["rebuild"] for r in results.values())
 
