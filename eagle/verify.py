@@ -118,7 +118,7 @@ class SamplerState:
             srt, order = torch.sort(x)
             cum = torch.softmax(srt, dim=-1).cumsum(dim=-1)
             drop = cum <= 1 - self.top_p
-            drop[-1] = False  # keep at least the most likely token
+            drop[-1:].fill_(False)  # keep at least the most likely token (a kernel: no host copy)
             x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
         if top_k > 0:
             kth = torch.topk(x, min(top_k, x.shape[-1])).values[-1]
