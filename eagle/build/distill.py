@@ -97,6 +97,8 @@ def generate(model, tokenizer, texts: list[str], new: int, sample: bool,
              spec: DistillSpec) -> list[list[int]]:
     """New ids per text (left-padded batch; cut after the first stop token)."""
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     enc = {k: v.to(model.device) for k, v in enc.items()}
     kwargs = dict(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0) \

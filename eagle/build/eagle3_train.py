@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eagle import fused
 from eagle.config import ModelArgs, RopeConfig, aux_layer_inputs
 from eagle.draft import Eagle3Draft
 from eagle.llama import apply_rotary
@@ -182,7 +183,13 @@ def lr_at(step: int, done: float, spec: TrainSpec) -> float:
 
 
 def train(base, cfg: dict, samples: Samples, spec: TrainSpec, eos_id: int) -> tuple[Eagle3Draft, TrainLog]:
-    """A head trained on `samples` with the frozen `base` (transformers Llama on its device)."""
+    """A head trained on `samples` with the frozen `base` (transformers Llama on its device). The
+    head's modules run PyTorch's operations (`fused.unfused`): the fused kernels have no backward."""
+    with fused.unfused():
+        return fit(base, cfg, samples, spec, eos_id)
+
+
+def fit(base, cfg: dict, samples: Samples, spec: TrainSpec, eos_id: int) -> tuple[Eagle3Draft, TrainLog]:
     dev = base.device
     torch.manual_seed(spec.seed)
     args = head_args(cfg, spec.draft_vocab)
