@@ -7,9 +7,10 @@ the earlier turn's answer text in the history). It writes one JSON line per ques
 prompt ids, the new ids (stop token included) and the wall time of the `generate` call (device
 synchronised; on CUDA a static cache, which transformers compiles, warmed up first).
 
-`compare` counts the turns of an engine answer file whose token ids equal the reference's and
-lists each divergence with the reference model's top-2 logits at the first differing position
-(teacher-forced on the prompt and the common prefix): a small gap is a near-tie.
+`compare` counts the turns of an engine answer file whose token ids equal the reference's (a file
+written by `answer`, or another answer file) and lists each divergence with the top-2 logits of
+the model it loads at the first differing position (teacher-forced on the prompt and the common
+prefix): a small gap is a near-tie.
 
     python -m evaluation.hf_reference answer --gguf FILE --dtype float32 --device cpu --out ref.jsonl
     python -m evaluation.hf_reference compare --engine runs/x-vectorized.jsonl --reference ref.jsonl \\
@@ -117,13 +118,27 @@ def top2(model, ids: list[int]) -> dict:
     return {"top1": int(idx[0]), "top2": int(idx[1]), "gap": float(values[0] - values[1])}
 
 
+def reference_turns(obj: dict, question: dict, tok) -> list[dict]:
+    """A reference line's turns as {prompt_ids, token_ids}: written by `answer`, or an engine
+    answer file's line, whose prompts are rebuilt as the answer generator built them."""
+    if "turns" in obj:
+        return obj["turns"]
+    choice, messages, turns = obj["choices"][0], [{"role": "system", "content": SYSTEM_PROMPT}], []
+    for text, ids, reply in zip(question["turns"], choice["detail"]["token_ids"], choice["turns"]):
+        messages.append({"role": "user", "content": text})
+        turns.append({"prompt_ids": prompt_ids(tok, messages) if tok else None, "token_ids": ids})
+        messages.append({"role": "assistant", "content": reply})
+    return turns
+
+
 def compare(args: argparse.Namespace) -> int:
     ref, engine = read_lines(args.reference), read_lines(args.engine)
-    model = load_model(args)[0] if (args.gguf or args.base) else None
+    model, tok = load_model(args) if (args.gguf or args.base) else (None, None)
+    questions = {q["question_id"]: q for q in load_questions(args.question_file, None, None)}
     same, total, divergences, skipped = 0, 0, [], []
     for qid in sorted(set(ref) & set(engine)):
         eng_turns = engine[qid]["choices"][0]["detail"]["token_ids"]
-        for t, (r, e) in enumerate(zip(ref[qid]["turns"], eng_turns)):
+        for t, (r, e) in enumerate(zip(reference_turns(ref[qid], questions[qid], tok), eng_turns)):
             if t > 0 and divergences and divergences[-1]["question_id"] == qid:
                 skipped.append({"question_id": qid, "turn": t + 1,
                                 "why": "an earlier turn differs, so the prompts differ"})
@@ -175,7 +190,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     c = sub.choices["compare"]
     c.add_argument("--engine", type=Path, required=True, metavar="JSONL", help="an answer file")
     c.add_argument("--reference", type=Path, required=True, metavar="JSONL",
-                   help="written by `answer`")
+                   help="written by `answer`, or another answer file (e.g. plain decoding's)")
+    c.add_argument("--question-file", type=Path, default=Path("data/mt_bench/question.jsonl"))
     c.add_argument("--json", type=Path, metavar="FILE", help="the report as JSON")
     return p.parse_args(argv)
 
