@@ -8,6 +8,7 @@ both methods, and the ids are stored so that `speed.py` can audit equivalence.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import platform
@@ -142,7 +143,8 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
         "cuda_graph": graph_setting(cfg, device),
         "kernels": kernels.describe(device),
         "eagle_blas": kernels.eagle_blas_label(device) if cfg.drafts else None,
-        "num_choices": cfg.num_choices, "seed": cfg.seed, "chat": "llama3",
+        "num_choices": cfg.num_choices, "seed": cfg.seed,
+        "chat": chat_template_name(Path(cfg.tokenizer_path or cfg.base_model_path)),
         "device": device.type, "device_name": device_name(device),
         "tp_world_size": parallel.world_size(),
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -161,6 +163,22 @@ def answer_text(tokenizer, ids: list[int], stop_ids: frozenset) -> str:
     cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
     known = [t for t in ids[:cut] if t < len(tokenizer)]
     return tokenizer.decode(known, skip_special_tokens=True, spaces_between_special_tokens=False).strip()
+
+
+def chat_template_name(tokenizer_dir: Path) -> str:
+    """Which chat template the prompts follow (always the tokenizer's own): "llama3" for Llama-3's
+    header tokens, else "chatml" or the template's sha256 prefix; "none" without one."""
+    try:
+        template = json.loads((tokenizer_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return "none"
+    if not isinstance(template, str):
+        return "none"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    if "<|im_start|>" in template:
+        return "chatml"
+    return "sha256:" + hashlib.sha256(template.encode()).hexdigest()[:12]
 
 
 def chat_messages(user_turns: list[str], replies: list[str]) -> list[dict]:

