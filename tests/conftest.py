@@ -33,6 +33,19 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("tiny_ckpt"))
 
 
+@pytest.fixture
+def preset_1040(monkeypatch) -> str:
+    """"preset:tiny-1040": the tiny preset with a vocabulary the tiny tokenizer's 1040 ids fit."""
+    import dataclasses
+
+    from eagle.presets import PRESETS
+
+    base, draft = PRESETS["tiny"]
+    wide = dataclasses.replace(base, vocab_size=1040), dataclasses.replace(draft, vocab_size=1040)
+    monkeypatch.setitem(PRESETS, "tiny-1040", wide)
+    return "preset:tiny-1040"
+
+
 @pytest.fixture(scope="session")
 def question_file() -> Path:
     """The shipped questions, verified (a fresh clone needs no network and nothing beside it)."""

@@ -2,7 +2,6 @@
 implementations and with the baseline, resume after a kill, settings checks, FastChat's reader."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -312,14 +311,9 @@ def test_rerun_with_other_settings_is_refused(tiny_ckpt, question_file, rebuild_
     assert rebuild_file.read_bytes() == before
 
 
-def test_preset_with_borrowed_tokenizer(tiny_ckpt, question_file, tmp_path, monkeypatch):
-    from eagle.presets import PRESETS
-
-    base, draft = PRESETS["tiny"]
-    wide = dataclasses.replace(base, vocab_size=1040), dataclasses.replace(draft, vocab_size=1040)
-    monkeypatch.setitem(PRESETS, "tiny-1040", wide)  # the tiny tokenizer's 1040 ids fit
+def test_preset_with_borrowed_tokenizer(tiny_ckpt, question_file, tmp_path, preset_1040):
     path = tmp_path / "preset.jsonl"
-    argv = ["--base-model-path", "preset:tiny-1040", "--ea-model-path", "preset",
+    argv = ["--base-model-path", preset_1040, "--ea-model-path", "preset",
             "--tokenizer-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
             "--answer-file", str(path), "--question-end", "1", "--max-new-token", "4", "--seed", "3"]
     assert gen_main("eagle", argv) == 0

@@ -2,7 +2,6 @@
 difference, the right side named), a constructed near-tie, sampling runs, unlike or missing inputs."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -203,16 +202,11 @@ def test_ulp_is_the_spacing_of_the_runs_dtype():
 
 
 def test_preset_reference_holds_the_weights_the_run_drew(tiny_ckpt, question_file, tmp_path,
-                                                         monkeypatch):
+                                                         preset_1040):
     """A preset run judged with the preset's weights (seed 3, drawn in float32 on the CPU): the
     run's greedy token is the reference's argmax where a substituted token departs."""
-    from eagle.presets import PRESETS
-
-    base, draft = PRESETS["tiny"]
-    wide = dataclasses.replace(base, vocab_size=1040), dataclasses.replace(draft, vocab_size=1040)
-    monkeypatch.setitem(PRESETS, "tiny-1040", wide)  # the tiny tokenizer's 1040 ids fit
     path = tmp_path / "preset.jsonl"
-    argv = ["--base-model-path", "preset:tiny-1040", "--ea-model-path", "preset",
+    argv = ["--base-model-path", preset_1040, "--ea-model-path", "preset",
             "--tokenizer-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
             "--answer-file", str(path), "--question-end", "1", "--max-new-token", "6", "--seed", "3",
             "--device", "cpu", "--warmup", "0"]
