@@ -1,0 +1,208 @@
+"""Plain decoding, EAGLE (each mask implementation) and transformers' `generate` on one real
+checkpoint, turn by turn in one process.
+
+Every turn is answered by every member on the same prompt: the chat template over the question's
+turns, the second turn's history holding plain decoding's first answer, so that the members'
+times pair question by question. The members' order rotates from turn to turn. Each call's wall
+time includes its prefill (the answer files' definition), the device synchronised on both sides.
+transformers loads the checkpoint itself (`LlamaForCausalLM.from_pretrained`) and decodes greedily
+with a static cache, which it compiles on the first calls (excluded, reported as `warmup_s`), or
+with its dynamic cache (eager) under `--hf dynamic`.
+
+The report has, per member: tokens/s, ms per token, steps and τ (tokens per step), the speedup
+over plain decoding (Student-t 95% CI over per-question log ratios), and how many turns decode
+exactly plain decoding's tokens and exactly transformers' (with the first differing position).
+
+    python -m benchmarks.real_model --base checkpoints/smollm2/base --draft checkpoints/smollm2/draft \\
+        --device cuda --dtype float16 --question-end 80 --out runs/smollm2-real.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from eagle.ea_model import EaModel
+from eagle.tree.masks import MASK_IMPLS
+from evaluation.atomic import write_atomic
+from evaluation.generate import answer_text, chat_messages, chat_prompt_ids, load_questions
+from evaluation.paired import t_interval
+
+log = logging.getLogger("real_model")
+PLAIN, HF = "plain", "transformers"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=Path, required=True, metavar="DIR", help="HF Llama checkpoint")
+    p.add_argument("--draft", type=Path, required=True, metavar="DIR", help="EAGLE-3 head")
+    p.add_argument("--mask-impls", default="rebuild,vectorized,triton",
+                   help="comma-separated EAGLE members (default: rebuild,vectorized,triton)")
+    p.add_argument("--hf", default="static", choices=("static", "dynamic", "off"),
+                   help="transformers' cache: static (compiled), dynamic (eager) or off")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--question-file", type=Path, default=Path("data/mt_bench/question.jsonl"))
+    p.add_argument("--question-begin", type=int, default=0)
+    p.add_argument("--question-end", type=int, default=80)
+    p.add_argument("--max-new-token", type=int, default=256)
+    p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k")
+    p.add_argument("--out", type=Path, required=True, metavar="JSON")
+    args = p.parse_args(argv)
+    args.mask_impls = [m for m in args.mask_impls.split(",") if m]
+    unknown = sorted(set(args.mask_impls) - set(MASK_IMPLS))
+    if unknown:
+        p.error(f"unknown mask implementation(s) {unknown}; choose from {sorted(MASK_IMPLS)}")
+    return args
+
+
+def timed(fn: Callable[[], list[int]], device: torch.device) -> tuple[list[int], float]:
+    """(new token ids, seconds) of one call, the device synchronised on both sides."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    ids = fn()
+    sync()
+    return ids, time.perf_counter() - start
+
+
+class Members:
+    """The decoders of one run, each a function from prompt ids to new ids, sharing one engine."""
+
+    def __init__(self, args: argparse.Namespace):
+        depth_tree = [int(x) for x in args.tree.split(",")]
+        self.device = torch.device(args.device)
+        dtype = getattr(torch, args.dtype)
+        self.model = EaModel.from_pretrained(args.base, args.draft, *depth_tree, torch_dtype=dtype,
+                                             device_map=args.device)
+        self.tokenizer = self.model.get_tokenizer()
+        self.steps: dict[str, int] = {}
+        self.hf, self.warmup_s = None, 0.0
+        if args.hf != "off":
+            from transformers import LlamaForCausalLM
+
+            self.hf = LlamaForCausalLM.from_pretrained(args.base, dtype=dtype).to(self.device).eval()
+            self.hf_cache = args.hf
+        self.names = [PLAIN, *args.mask_impls] + ([HF] if self.hf is not None else [])
+        self.new = args.max_new_token
+
+    def decode(self, name: str, ids: list[int]) -> list[int]:
+        prompt = torch.tensor([ids], device=self.device)
+        if name == HF:
+            out = self.hf.generate(prompt, max_new_tokens=self.new, do_sample=False,
+                                   cache_implementation=self.hf_cache,
+                                   pad_token_id=self.tokenizer.eos_token_id)
+            return out[0, len(ids):].tolist()
+        if name == PLAIN:
+            res = self.model.naive_generate(prompt, max_new_tokens=self.new)
+        else:
+            self.model.mask_impl = name
+            res = self.model.generate(prompt, max_new_tokens=self.new)
+        self.steps[name] = res.steps
+        return res.new_token_ids
+
+    def warm_up(self, prompts: list[list[int]]) -> None:
+        """One call of every member (graph capture, Triton compilation); transformers' static
+        cache compiles on its first call and once more for a second prompt length."""
+        start = time.perf_counter()
+        for name in self.names:
+            for ids in (prompts if name == HF else prompts[:1]):
+                self.decode(name, ids)
+        self.warmup_s = time.perf_counter() - start
+
+
+def first_difference(a: list[int], b: list[int]) -> Optional[int]:
+    """The first position where two token lists differ (None when equal; the shorter length when
+    one is a prefix of the other)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def run(args: argparse.Namespace) -> dict:
+    members = Members(args)
+    tok, stop = members.tokenizer, members.model.stop_ids
+    questions = load_questions(args.question_file, args.question_begin, args.question_end)
+    first = [chat_prompt_ids(tok, chat_messages(q["turns"][:1], [])) for q in questions[:2]]
+    members.warm_up(first)
+    turns: list[dict] = []
+    for q in questions:
+        replies: list[str] = []
+        for t in range(len(q["turns"])):
+            ids = chat_prompt_ids(tok, chat_messages(q["turns"][: t + 1], replies))
+            names = members.names[len(turns) % len(members.names):] + \
+                members.names[: len(turns) % len(members.names)]
+            row = {"question_id": q["question_id"], "turn": t + 1, "prompt_tokens": len(ids)}
+            for name in names:
+                new, seconds = timed(lambda: members.decode(name, ids), members.device)
+                row[name] = {"new_tokens": len(new), "seconds": seconds, "ids": new,
+                             "steps": members.steps.get(name)}
+            replies.append(answer_text(tok, row[PLAIN]["ids"], stop))
+            turns.append(row)
+            log.info("question %s turn %d: %s", q["question_id"], t + 1, ", ".join(
+                f"{n} {row[n]['new_tokens'] / row[n]['seconds']:.0f} tok/s" for n in members.names))
+            save(args, members, turns, complete=False)
+    return save(args, members, turns, complete=True)
+
+
+def summarise(members: Members, turns: list[dict]) -> dict:
+    out = {}
+    for name in members.names:
+        new = sum(r[name]["new_tokens"] for r in turns)
+        seconds = sum(r[name]["seconds"] for r in turns)
+        entry = {"tokens_per_s": new / seconds, "ms_per_token": 1000 * seconds / new,
+                 "new_tokens": new}
+        if name not in (PLAIN, HF):
+            steps = sum(r[name]["steps"] for r in turns)
+            entry.update(steps=steps, tau=new / steps, ms_per_step=1000 * seconds / steps)
+        by_q: dict[int, list[float]] = {}
+        for r in turns:  # per question: log of (plain's time per token / this member's)
+            rate = lambda n: r[n]["seconds"] / max(r[n]["new_tokens"], 1)  # noqa: E731
+            by_q.setdefault(r["question_id"], []).append(math.log(rate(PLAIN) / rate(name)))
+        entry["speedup_vs_plain"] = t_interval(np.array([np.mean(v) for v in by_q.values()]))
+        for ref in (PLAIN, HF):
+            if ref in members.names and ref != name:
+                diffs = [first_difference(r[name]["ids"], r[ref]["ids"]) for r in turns]
+                entry[f"identical_to_{ref}"] = sum(d is None for d in diffs)
+                entry[f"first_difference_vs_{ref}"] = diffs
+        out[name] = entry
+    return out
+
+
+def save(args: argparse.Namespace, members: Members, turns: list[dict], complete: bool) -> dict:
+    import transformers
+
+    device = (torch.cuda.get_device_name(members.device) if members.device.type == "cuda"
+              else f"cpu ({torch.get_num_threads()} threads)")
+    report = {"base": str(args.base), "draft": str(args.draft), "dtype": args.dtype,
+              "device": device, "tree": args.tree, "max_new_token": args.max_new_token,
+              "hf_cache": args.hf, "torch": torch.__version__,
+              "transformers": transformers.__version__, "warmup_s": members.warmup_s,
+              "turns_done": len(turns), "complete": complete,
+              "members": summarise(members, turns) if turns else {}, "turns": turns}
+    write_atomic(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    report = run(args)
+    for name, m in report["members"].items():
+        s = m["speedup_vs_plain"]
+        ci = "" if s["ci95"] is None else f" (95% CI {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f})"
+        log.info("%s: %.1f tokens/s, %.3fx plain%s", name, m["tokens_per_s"], s["value"], ci)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
