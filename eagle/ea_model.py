@@ -20,7 +20,8 @@ from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, causal_mask, stack_projections
 from .profiling import ProfileReport, StepProfiler
-from .step import EagleStep, PlainStep, StepGraphs, all_windows, mode_of, window_for
+from .graphs import StepGraphs, all_windows, mode_of, window_for
+from .step import EagleStep, PlainStep
 from .threads import pick_cpu_threads
 from .tree.masks import get_mask_impl
 from .verify import Sampler, SamplerState
@@ -216,9 +217,7 @@ class EaModel(nn.Module):
                        step.features, step.retrieve]
             blas = self.kernels.eagle_blas_name(self.device)  # the library the steps' products run on
             self.graphs.check(self._fingerprint([self.base, self.head], buffers) + (blas,))
-            windows = all_windows(self.max_length)
-            self.graphs.capture(step.captures(self.graphs, windows, one_graph, state), step.reset,
-                                state.generator if state else None)
+            self.graphs.capture_step(step, all_windows(self.max_length), one_graph, state)
         self._load_sampling(step.sampling, sampler)
         return step, one_graph
 
@@ -263,7 +262,7 @@ class EaModel(nn.Module):
             while not budget.done:
                 window = window_for(cache_len + self.tree.step_slots, self.max_length)
                 with prof.section("step_total"):
-                    step.run(self.graphs, window, prof.section, one_graph, state)
+                    self.graphs.run_step(step, window, prof.section, one_graph, state)
                 prof.end_step()
                 tokens = step.result()
                 cache_len += len(tokens)
