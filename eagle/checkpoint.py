@@ -225,7 +225,8 @@ def take_embedding(state: dict[str, Tensor], args: ModelArgs, path: Path,
 
 
 def load_draft(path: Path, dtype: torch.dtype, device: torch.device,
-               base_embedding: Optional[Tensor] = None, config: Optional[dict] = None) -> Eagle3Draft:
+               base_embedding: Optional[Tensor] = None,
+               config: Optional[dict] = None) -> Eagle3Draft:
     """Load an EAGLE-3 head in any of the layouts in this module's docstring. `base_embedding`
     ([vocab, H], optional) lets the log say whether a stray embedding copy is the base's;
     `config`: its config.json when the caller has read it already."""

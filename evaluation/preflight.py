@@ -49,11 +49,13 @@ class Resolved:
     model: Optional["ModelArgs"]  # the base's shapes; None when its config is unreadable
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, error: type[ValueError] = GenError) -> torch.device:
+    """--device NAME: auto, the GPU when there is one, else the CPU; a device that is absent here
+    raises `error` (the command's user-error type) naming it."""
     try:
         return eagle_device(name)
     except ValueError as exc:
-        raise GenError(f"--device {name}: {exc}") from exc
+        raise error(f"--device {name}: {exc}") from None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
