@@ -107,12 +107,19 @@ class Kind(NamedTuple):
     why: str  # in words, for messages
 
 
-def checkpoint_kind(directory: str) -> Optional[Kind]:
-    """What DIR/config.json describes (a head: an Eagle architecture name or a single layer), or
-    None without a readable config."""
+def config_of(directory: str) -> Optional[dict]:
+    """DIR/config.json as a dict, or None when it is absent, unreadable or not a JSON object
+    (loading will say which)."""
     try:
-        config = read_config(Path(directory) / "config.json")
-    except (ConfigError, OSError):  # absent, unreadable or not a JSON object: loading will say
+        return read_config(Path(directory) / "config.json")
+    except (ConfigError, OSError):
+        return None
+
+
+def kind_of(config: Optional[dict]) -> Optional[Kind]:
+    """What a checkpoint's config describes (a head: an Eagle architecture name or a single
+    layer), or None without a config."""
+    if config is None:
         return None
     eagle_arch = [a for a in config.get("architectures") or [] if "eagle" in str(a).lower()]
     layers = config.get("num_hidden_layers")
@@ -126,8 +133,8 @@ def checkpoint_kind(directory: str) -> Optional[Kind]:
 def check_kinds(base: Path, head: Optional[Path]) -> None:
     """Refuse a draft head given as the base, or a base given as the head, before any weight
     loads; the message says which directory looks like what."""
-    base_kind = checkpoint_kind(base)
-    head_kind = checkpoint_kind(head) if head is not None else None
+    base_kind = kind_of(config_of(base))
+    head_kind = kind_of(config_of(head)) if head is not None else None
     if base_kind is not None and base_kind.head:
         swap = (f"; {head} holds {head_kind.why}: swap the two paths (base model first, then the "
                 f"draft head)") if head_kind is not None and not head_kind.head else ""
@@ -147,9 +154,11 @@ class Sharding(Protocol):
 
 
 def load_base(path: Path, dtype: torch.dtype, device: torch.device,
-              tp: Optional[Sharding] = None) -> LlamaForCausalLM:
-    """The base model, or with `tp` this rank's shard of it (`eagle.parallel`)."""
-    args = ModelArgs.from_json(Path(path) / "config.json")
+              tp: Optional[Sharding] = None, config: Optional[dict] = None) -> LlamaForCausalLM:
+    """The base model, or with `tp` this rank's shard of it (`eagle.parallel`). `config`: its
+    config.json when the caller has read it already."""
+    args = ModelArgs.from_hf_dict(config) if config is not None else \
+        ModelArgs.from_json(Path(path) / "config.json")
     with torch.device("meta"):
         model = LlamaForCausalLM(args) if tp is None else tp.base_model(args)
     expected = model.state_dict()
@@ -216,11 +225,13 @@ def take_embedding(state: dict[str, Tensor], args: ModelArgs, path: Path,
 
 
 def load_draft(path: Path, dtype: torch.dtype, device: torch.device,
-               base_embedding: Optional[Tensor] = None) -> Eagle3Draft:
+               base_embedding: Optional[Tensor] = None,
+               config: Optional[dict] = None) -> Eagle3Draft:
     """Load an EAGLE-3 head in any of the layouts in this module's docstring. `base_embedding`
-    ([vocab, H], optional) lets the log say whether a stray embedding copy is the base's."""
+    ([vocab, H], optional) lets the log say whether a stray embedding copy is the base's;
+    `config`: its config.json when the caller has read it already."""
     path = Path(path)
-    args = draft_args(read_config(path / "config.json"), path)
+    args = draft_args(read_config(path / "config.json") if config is None else config, path)
     with torch.device("meta"):
         head = Eagle3Draft(args)
     state = read_tensors(weight_files(path), device)

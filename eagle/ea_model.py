@@ -1,8 +1,8 @@
 """`EaModel`: a Llama base plus an EAGLE-3 draft head, decoding with draft trees.
 
-One decoding step reads as its parts: draft -> tree buffers (`mask_impl`) -> verify -> accept ->
-update. Stopping: at the first eos / `<|eot_id|>` (kept in the output) or after exactly
-`max_new_tokens` new tokens, never more.
+The decode loop (`generate`) prefills, then runs one step (`eagle/step.py`: draft -> tree buffers
+-> verify -> accept -> update) per round, eagerly or replayed (`eagle/graphs.py`). Stopping: at the
+first eos / `<|eot_id|>` (kept in the output) or after exactly `max_new_tokens` new tokens.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .config import ConfigError, TreeConfig, aux_layer_inputs
 from .draft import Drafter, Eagle3Draft
 from .llama import LlamaForCausalLM, causal_mask, stack_projections
 from .profiling import ProfileReport, StepProfiler
-from .step import EagleStep, PlainStep, StepGraphs, all_windows, mode_of, window_for
+from .graphs import StepGraphs, all_windows, mode_of, window_for
+from .step import EagleStep, PlainStep
 from .threads import pick_cpu_threads
 from .tree.masks import get_mask_impl
 from .verify import Sampler, SamplerState
@@ -80,10 +81,9 @@ class EaModel(nn.Module):
                  cuda_graph: Optional[bool] = None, attention: str = "auto",
                  kernels: Optional[Kernels] = None):
         """`head=None`: a base model alone, for `naive_generate` (the baseline). `cuda_graph`:
-        replay decoding steps, greedy and sampling, as CUDA graphs (default: on with CUDA). `kernels`: what the forwards run (default `Kernels(attention=attention)`:
-        the fused path on CUDA with triton, attention as `Kernels.resolve_attention` says);
-        installed on the base and head modules, which run this model's kernels from then on. A small
-        model on the CPU sets torch to one thread unless OMP_NUM_THREADS is set (`eagle.threads`)."""
+        replay decoding steps as CUDA graphs (default: on with CUDA). `kernels`: what the
+        forwards run (default `Kernels(attention=attention)`), installed on the base and head
+        modules. A small model on the CPU sets torch to one thread unless OMP_NUM_THREADS is set."""
         super().__init__()
         if head is not None and (head.args.target_hidden_size != base.args.hidden_size or
                                  head.args.vocab_size != base.args.vocab_size):
@@ -216,9 +216,7 @@ class EaModel(nn.Module):
                        step.features, step.retrieve]
             blas = self.kernels.eagle_blas_name(self.device)  # the library the steps' products run on
             self.graphs.check(self._fingerprint([self.base, self.head], buffers) + (blas,))
-            windows = all_windows(self.max_length)
-            self.graphs.capture(step.captures(self.graphs, windows, one_graph, state), step.reset,
-                                state.generator if state else None)
+            self.graphs.capture_step(step, all_windows(self.max_length), one_graph, state)
         self._load_sampling(step.sampling, sampler)
         return step, one_graph
 
@@ -238,10 +236,8 @@ class EaModel(nn.Module):
 
         The draft head takes the prompt's positions before the last in one eager forward
         (`Drafter.prefill`); every step then starts from one accepted position or more, so with
-        graphs on every step, greedy or sampling, replays captured graphs. `profile` then replays the step per
-        segment (draft, tree buffers, verify forward, posterior, KV update: one graph each, the
-        host part of `rebuild`/`incremental` eager between them) timed with CUDA events; the
-        draft segment holds draft forwards and selection together."""
+        graphs on every step replays captured graphs. `profile` times each segment of a step
+        (with graphs on, each replayed as its own graph)."""
         if self.drafter is None:
             raise ConfigError("this model has no draft head (loaded for the baseline); use "
                               "naive_generate, or load an EAGLE-3 head to decode with draft trees")
@@ -263,7 +259,7 @@ class EaModel(nn.Module):
             while not budget.done:
                 window = window_for(cache_len + self.tree.step_slots, self.max_length)
                 with prof.section("step_total"):
-                    step.run(self.graphs, window, prof.section, one_graph, state)
+                    self.graphs.run_step(step, window, prof.section, one_graph, state)
                 prof.end_step()
                 tokens = step.result()
                 cache_len += len(tokens)

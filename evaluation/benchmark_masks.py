@@ -218,7 +218,8 @@ def environment(device, impls: list[str]) -> dict:
 
     from eagle.tree.masks import MASK_IMPLS
 
-    from .generate import device_name, package_version
+    from .code_version import package_version
+    from .preflight import device_name
 
     return {"device": {"type": device.type, "name": device_name(device)},
             "python": platform.python_version(), "torch": torch.__version__,

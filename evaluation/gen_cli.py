@@ -176,10 +176,11 @@ def check_main(argv: Optional[list[str]] = None) -> int:
     from eagle.config import ConfigError
     from eagle.tree.masks import MaskImplUnavailable
 
-    from .preflight import check_runtime
+    from .preflight import check_runtime, model_args, read_checkpoints
 
     try:
-        check_runtime(GenConfig.from_args(args, "eagle", paths=False))
+        cfg = GenConfig.from_args(args, "eagle", paths=False)
+        check_runtime(cfg, model_args(cfg, read_checkpoints(cfg)))
     except (GenError, ConfigError, MaskImplUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -30,8 +30,7 @@ from .atomic import write_atomic
 from .code_version import DISTRIBUTION, code_identity, package_version
 from . import parallel_run
 from .interleave import Interrupted, Runner
-from .preflight import (Runtime, check_checkpoints, check_tokenizer, check_writable,
-                        device_name, load_tokenizer)
+from .preflight import Resolved, load_tokenizer
 from .run_settings import GenConfig, GenError, Member, RunSettings
 
 log = logging.getLogger(__name__)
@@ -82,28 +81,27 @@ def kernels_for(cfg: GenConfig) -> Kernels:
     return Kernels(attention=cfg.attention_backend)
 
 
-def load_model(cfg: GenConfig, runtime: Runtime, tokenizer):
-    """An `EaModel` from checkpoints (`from_pretrained`) or a random-weight preset, for one member's
-    config. The baseline loads the base model alone: the draft head would only take memory and
-    load time."""
+def load_model(cfg: GenConfig, resolved: Resolved, tokenizer):
+    """An `EaModel` from checkpoints (their configs as `resolve` read them) or a random-weight
+    preset, for one member's config; under torchrun, this rank's shard of the base. The baseline
+    loads the base model alone: the draft head would only take memory and load time."""
     from eagle import EaModel
+    from eagle.checkpoint import load_base, load_draft
     from eagle.parallel import build_random
 
-    device, dtype = runtime
-    tree = TreeConfig(cfg.total_token, cfg.depth, cfg.top_k)
-    if cfg.preset is not None:  # under torchrun, this rank's shard of the base
+    (device, dtype), configs = resolved.runtime, resolved.checkpoints
+    if cfg.preset is not None:
         base, head = build_random(cfg.preset, dtype, device, cfg.seed, cfg.drafts)
-        return EaModel(base, head, tree, cfg.mask_impl, tokenizer, cfg.max_length,
-                       cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
-    return EaModel.from_pretrained(cfg.base_model_path, cfg.ea_model_path if cfg.drafts else None,
-                                   cfg.total_token, cfg.depth, cfg.top_k, torch_dtype=dtype,
-                                   device_map=device, mask_impl=cfg.mask_impl,
-                                   max_length=cfg.max_length, tokenizer_path=cfg.tokenizer_path,
-                                   cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg),
-                                   tp=parallel.current())
+    else:
+        base = load_base(Path(cfg.base_model_path), dtype, device, parallel.current(), configs.base)
+        head = load_draft(Path(cfg.ea_model_path), dtype, device, base.model.embed_tokens.weight,
+                          configs.head) if cfg.drafts else None
+    return EaModel(base, head, TreeConfig(cfg.total_token, cfg.depth, cfg.top_k), cfg.mask_impl,
+                   tokenizer, cfg.max_length, cuda_graph=cfg.graphs_on(device),
+                   kernels=kernels_for(cfg))
 
 
-def member_model(model, cfg: GenConfig, runtime: Runtime):
+def member_model(model, cfg: GenConfig, device: torch.device):
     """An `EaModel` for one member over the loaded weights: its own mask implementation, draft
     cache, step buffers and captured graphs, the base and head modules (and the base's KV cache)
     shared (the model is loaded once); every member gets a new one, so that an A/A control is built
@@ -112,15 +110,15 @@ def member_model(model, cfg: GenConfig, runtime: Runtime):
 
     head = model.head if cfg.drafts else None
     return EaModel(model.base, head, model.tree, cfg.mask_impl, model.tokenizer, model.max_length,
-                   cuda_graph=cfg.graphs_on(runtime.device), kernels=kernels_for(cfg))
+                   cuda_graph=cfg.graphs_on(device), kernels=kernels_for(cfg))
 
 
-def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
+def resolve_settings(cfg: GenConfig, resolved: Resolved) -> RunSettings:
     """Everything that decides the outputs or the timings, and the code that wrote them; travels
     with every answer line."""
     import transformers
 
-    device, dtype = runtime
+    device, dtype = resolved.runtime
     kernels = kernels_for(cfg)
 
     def where(path: Optional[str]) -> Optional[str]:
@@ -145,7 +143,7 @@ def resolve_settings(cfg: GenConfig, runtime: Runtime) -> RunSettings:
         "eagle_blas": kernels.eagle_blas_label(device) if cfg.drafts else None,
         "num_choices": cfg.num_choices, "seed": cfg.seed,
         "chat": chat_template_name(Path(cfg.tokenizer_path or cfg.base_model_path)),
-        "device": device.type, "device_name": device_name(device),
+        "device": device.type, "device_name": resolved.device_name,
         "tp_world_size": parallel.world_size(),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "eagle": package_version(DISTRIBUTION), "python": platform.python_version(),
@@ -300,22 +298,19 @@ def generate_answers(cfg: GenConfig) -> int:
     order); returns the number of answers in the first member's file (every member's file holds
     the same questions once the run completes). Every check runs before the model loads."""
     questions = load_questions(cfg.question_file, cfg.question_begin, cfg.question_end)
-    runtime = parallel_run.join(cfg)  # check_runtime; under torchrun, this rank's group and device
+    resolved = parallel_run.join(cfg)  # every check; under torchrun, this rank's group and device
     machine.warn_if_busy("start")
-    check_checkpoints(cfg)
     members = cfg.members()
-    check_writable([m.cfg.answer_file for m in members])
-    runner = parallel_run.make_runner(members, [resolve_settings(m.cfg, runtime) for m in members])
+    runner = parallel_run.make_runner(members, [resolve_settings(m.cfg, resolved) for m in members])
     pending = runner.pending(questions)
     log.info("%s: %d questions selected, %d already answered; %s", ", ".join(map(str, runner.files)),
              len(questions), len(questions) - len(pending),
              f"answering {len(pending)} with {', '.join(runner.labels)}" if pending else "nothing to run")
     if pending:
-        tokenizer = load_tokenizer(cfg)
-        check_tokenizer(tokenizer, cfg)
+        tokenizer = load_tokenizer(cfg, resolved)
         check_lengths(tokenizer, cfg, [q for _, q in pending])
         try:
-            answer_pending(runner, members, runtime, tokenizer, pending, len(questions))
+            answer_pending(runner, members, resolved, tokenizer, pending, len(questions))
         except KeyboardInterrupt:
             raise Interrupted(runner.kept, runner.files) from None
     counts = [finish_file(seat.member, seat.settings) for seat in runner.seats] \
@@ -325,13 +320,14 @@ def generate_answers(cfg: GenConfig) -> int:
     return counts[0]
 
 
-def answer_pending(runner: Runner, members: list[Member], runtime: Runtime, tokenizer,
+def answer_pending(runner: Runner, members: list[Member], resolved: Resolved, tokenizer,
                    pending: list, total: int) -> None:
     """Load the model once (with the head when any member drafts), seat every member, warm each
     one up and answer."""
     loading = next((m.cfg for m in members if m.cfg.drafts), members[0].cfg)
-    model = load_model(loading, runtime, tokenizer)
-    runner.seat(lambda member, settings: Answerer(member_model(model, member.cfg, runtime),
+    model = load_model(loading, resolved, tokenizer)
+    device = resolved.runtime.device
+    runner.seat(lambda member, settings: Answerer(member_model(model, member.cfg, device),
                                                   member.cfg, settings))
     runner.warm_up(pending[0][1], loading.warmup)
     runner.run(pending, total)

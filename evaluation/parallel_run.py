@@ -20,21 +20,21 @@ from eagle import parallel
 
 from .run_settings import GenConfig, Member
 from .interleave import Runner, Seat
-from .preflight import Runtime, check_runtime, resolve_device
+from .preflight import Resolved, resolve, resolve_device
 
 log = logging.getLogger(__name__)
 
 
-def join(cfg: GenConfig) -> Runtime:
-    """`check_runtime` for this process: first joined to torchrun's group when launched so, and
-    then checked on its rank's device (cuda:LOCAL_RANK: no rank touches another's GPU)."""
+def join(cfg: GenConfig) -> Resolved:
+    """`preflight.resolve` for this process: first joined to torchrun's group when launched so,
+    and then checked on its rank's device (cuda:LOCAL_RANK: no rank touches another's GPU)."""
     device = parallel.init_from_env(resolve_device(cfg.device))
     tp = parallel.current()
     if tp is None:
-        return check_runtime(cfg)
+        return resolve(cfg)
     if tp.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
-    return check_runtime(replace(cfg, device=str(device)))
+    return resolve(replace(cfg, device=str(device)))
 
 
 def writes() -> bool:

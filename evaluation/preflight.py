@@ -1,17 +1,19 @@
 """Checks that run before any model is loaded: a settings error costs seconds, not a model load.
 
-`check_runtime` needs no checkpoint (device, dtype, mask implementations and attention backend
-available here); `check_checkpoints` reads the checkpoints' config.json files only (a head given as
-the base, or the two paths swapped); `check_tokenizer` loads the tokenizer alone; `check_writable`
-creates the answer files' directories.
+`resolve` runs once per run and returns what it found (`Resolved`), which settings and loading read
+from then on: the device and dtype (`check_runtime`: mask implementations and attention backend
+available here), each checkpoint's config.json read once (`check_checkpoints`: a head given as the
+base, or the two paths swapped), the answer files' directories created (`check_writable`).
+`load_tokenizer` loads the tokenizer alone and checks it, when there is something to answer.
 """
 from __future__ import annotations
 
 import logging
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 
@@ -22,16 +24,38 @@ from .run_settings import GenConfig, GenError
 log = logging.getLogger(__name__)
 
 
+if TYPE_CHECKING:
+    from eagle.config import ModelArgs
+
+
 class Runtime(NamedTuple):
     device: torch.device
     dtype: torch.dtype
 
 
-def resolve_device(name: str) -> torch.device:
+class Checkpoints(NamedTuple):
+    """The checkpoints' config.json files, each read once; None for a preset, for no head, or
+    when unreadable (loading then says why)."""
+    base: Optional[dict]
+    head: Optional[dict]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the checks found, passed along to the settings and the loading."""
+    runtime: Runtime
+    device_name: str
+    checkpoints: Checkpoints
+    model: Optional["ModelArgs"]  # the base's shapes; None when its config is unreadable
+
+
+def resolve_device(name: str, error: type[ValueError] = GenError) -> torch.device:
+    """--device NAME: auto, the GPU when there is one, else the CPU; a device that is absent here
+    raises `error` (the command's user-error type) naming it."""
     try:
         return eagle_device(name)
     except ValueError as exc:
-        raise GenError(f"--device {name}: {exc}") from exc
+        raise error(f"--device {name}: {exc}") from None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -53,29 +77,39 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def head_dim(cfg: GenConfig) -> int:
-    """The base model's attention head size from its config (128, Llama-3's, when unreadable)."""
+def read_checkpoints(cfg: GenConfig) -> Checkpoints:
+    from eagle.checkpoint import config_of
+
+    if cfg.preset is not None:
+        return Checkpoints(None, None)
+    return Checkpoints(config_of(cfg.base_model_path),
+                       config_of(cfg.ea_model_path) if cfg.ea_model_path else None)
+
+
+def model_args(cfg: GenConfig, checkpoints: Checkpoints) -> Optional["ModelArgs"]:
+    """The base model's shapes: the preset's, or from its config (None when unusable)."""
     from eagle.config import ConfigError, ModelArgs
     from eagle.presets import PRESETS
 
     if cfg.preset is not None:
-        return PRESETS[cfg.preset][0].head_dim
+        return PRESETS[cfg.preset][0]
     try:
-        return ModelArgs.from_json(Path(cfg.base_model_path) / "config.json").head_dim
-    except ConfigError:  # not there yet (a script builds it later) or broken: loading will say
-        return 128
+        return ModelArgs.from_hf_dict(checkpoints.base) if checkpoints.base is not None else None
+    except ConfigError:  # broken: loading will say
+        return None
 
 
-def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
-    """Refuse a backend (pinned, or auto's choice) that cannot run the engine's attention here."""
+def check_attention_backend(cfg: GenConfig, runtime: Runtime, head_dim: int = 128) -> None:
+    """Refuse a backend (pinned, or auto's choice) that cannot run the engine's attention here,
+    at the model's attention head size (Llama-3's 128 when unknown)."""
     from eagle.backend import Kernels
 
     device, dtype = runtime
     kernels = Kernels(attention=cfg.attention_backend)
     if kernels.resolve_attention(device) is None:
         return
-    q = torch.zeros(1, 2, 3, head_dim(cfg), device=device, dtype=dtype)  # [1, H, S, D]
-    k = torch.zeros(1, 2, 5, head_dim(cfg), device=device, dtype=dtype)
+    q = torch.zeros(1, 2, 3, head_dim, device=device, dtype=dtype)  # [1, H, S, D]
+    k = torch.zeros(1, 2, 5, head_dim, device=device, dtype=dtype)
     mask = torch.zeros(3, 5, device=device, dtype=dtype)  # an additive bias, like the engine's
     try:
         with kernels.attention_context(device):
@@ -87,9 +121,9 @@ def check_attention_backend(cfg: GenConfig, runtime: Runtime) -> None:
                        f"({reason}); choose auto or another backend") from None
 
 
-def check_runtime(cfg: GenConfig) -> Runtime:
-    """Device, dtype, CUDA graphs, every member's mask implementation and the attention backend,
-    here."""
+def check_runtime(cfg: GenConfig, model: Optional["ModelArgs"] = None) -> Runtime:
+    """Device, dtype, CUDA graphs, every member's mask implementation and the attention backend
+    (at `model`'s head size), here."""
     from eagle.tree.masks import MaskImplUnavailable, get_mask_impl
 
     device = resolve_device(cfg.device)
@@ -103,19 +137,16 @@ def check_runtime(cfg: GenConfig) -> Runtime:
                 get_mask_impl(impl, device)
             except MaskImplUnavailable as exc:
                 raise GenError(f"--mask-impl {impl}: {exc}") from None
-    check_attention_backend(cfg, runtime)
+    check_attention_backend(cfg, runtime, model.head_dim if model is not None else 128)
     return runtime
 
 
-def check_checkpoints(cfg: GenConfig) -> None:
+def check_checkpoints(cfg: GenConfig, checkpoints: Checkpoints) -> None:
     """A draft head given as the base model, a base given as the head, or the two swapped."""
-    from eagle.checkpoint import checkpoint_kind
+    from eagle.checkpoint import kind_of
 
-    if cfg.preset is not None:
-        return
     base, head = cfg.base_model_path, cfg.ea_model_path
-    base_kind = checkpoint_kind(base)
-    head_kind = checkpoint_kind(head) if head else None
+    base_kind, head_kind = kind_of(checkpoints.base), kind_of(checkpoints.head)
     if base_kind is not None and base_kind.head:
         if head_kind is not None and not head_kind.head:
             raise GenError(f"--base-model-path and --ea-model-path look swapped: {base} holds "
@@ -128,28 +159,36 @@ def check_checkpoints(cfg: GenConfig) -> None:
                        f"pass the head's directory as --ea-model-path")
 
 
-def load_tokenizer(cfg: GenConfig):
+def resolve(cfg: GenConfig) -> Resolved:
+    """Every check that needs no model, once: runtime, checkpoints (each config.json read once),
+    the answer files' directories."""
+    checkpoints = read_checkpoints(cfg)
+    model = model_args(cfg, checkpoints)
+    runtime = check_runtime(cfg, model)
+    check_checkpoints(cfg, checkpoints)
+    check_writable([m.cfg.answer_file for m in cfg.members()])
+    return Resolved(runtime, device_name(runtime.device), checkpoints, model)
+
+
+def load_tokenizer(cfg: GenConfig, resolved: Resolved):
+    """The tokenizer, checked: a chat template, and ids that fit the model's vocabulary."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.base_model_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.base_model_path))
+    check_tokenizer(tokenizer, cfg, resolved.model)
+    return tokenizer
 
 
-def model_vocab_size(cfg: GenConfig) -> int:
+def check_tokenizer(tokenizer, cfg: GenConfig, model: Optional["ModelArgs"]) -> None:
     from eagle.config import ModelArgs
-    from eagle.presets import PRESETS
 
-    if cfg.preset is not None:
-        return PRESETS[cfg.preset][0].vocab_size
-    return ModelArgs.from_json(Path(cfg.base_model_path) / "config.json").vocab_size
-
-
-def check_tokenizer(tokenizer, cfg: GenConfig) -> None:
-    """A chat template, and ids that fit the model's vocabulary."""
     where = cfg.tokenizer_path or cfg.base_model_path
     if not getattr(tokenizer, "chat_template", None):
         raise GenError(f"the tokenizer of {where} has no chat template; pass --tokenizer-path DIR "
                        f"with a Llama-3 chat template")
-    vocab = model_vocab_size(cfg)
+    if model is None:  # an unusable config: reading it again raises what is wrong with it
+        model = ModelArgs.from_json(Path(cfg.base_model_path) / "config.json")
+    vocab = model.vocab_size
     if len(tokenizer) > vocab:
         raise GenError(f"the tokenizer of {where} has {len(tokenizer)} tokens, more than the "
                        f"model's vocabulary ({vocab}); use a tokenizer whose ids fit the model")

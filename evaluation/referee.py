@@ -179,11 +179,12 @@ def check_sources(args: argparse.Namespace, settings: dict) -> None:
 def judge_all(args: argparse.Namespace, divs: list, settings: dict) -> dict:
     """Run the reference over every judgeable divergence; the referee's settings."""
     from .referee_judge import judge
-    from .referee_model import load_reference, next_token_logits, referee_dtype, resolve_device
+    from .preflight import resolve_device
+    from .referee_model import load_reference, next_token_logits, referee_dtype
 
     import torch
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, RefereeError)
     dtype = referee_dtype(args.dtype, device)
     ulps = args.ulps
     todo = [d for d in divs if d.prefix is not None]

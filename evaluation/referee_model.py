@@ -23,18 +23,6 @@ PRESET_PREFIX = "preset:"
 PAD_ID = 0  # right padding: causal attention never lets a real token see it
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: the GPU when there is one, else the CPU; ValueError names a device that is absent."""
-    from eagle.ea_model import resolve_device as eagle_device
-
-    from .referee_judge import RefereeError
-
-    try:
-        return eagle_device(name)
-    except ValueError as exc:
-        raise RefereeError(f"--device {name}: {exc}") from None
-
-
 def referee_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto: float64 on the CPU, float32 on CUDA (GPUs run float64 at a small fraction of float32's
     speed, and float32's rounding is far below any half-precision margin)."""

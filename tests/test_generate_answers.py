@@ -122,7 +122,7 @@ def test_baseline_never_loads_the_draft_head(tiny_ckpt, question_file, rebuild_f
     def refuse(*args, **kwargs):
         raise AssertionError("the baseline loaded the draft head")
 
-    monkeypatch.setattr("eagle.ea_model.load_draft", refuse)
+    monkeypatch.setattr("eagle.checkpoint.load_draft", refuse)
     common = ["--base-model-path", str(tiny_ckpt / "base"), "--question-file", str(question_file),
               "--question-end", "1", "--max-new-token", str(MAX_NEW), "--device", "cpu"]
     with_path, without = tmp_path / "with.jsonl", tmp_path / "without.jsonl"
@@ -154,7 +154,7 @@ def test_attention_backend_without_a_kernel_here_is_refused(tiny_ckpt, question_
 
 def test_pinned_attention_backend_is_in_force_while_decoding(tiny_ckpt, question_file, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setattr("evaluation.preflight.check_attention_backend", lambda cfg, runtime: None)
+    monkeypatch.setattr("evaluation.preflight.check_attention_backend", lambda *args: None)
     with pytest.raises(RuntimeError, match="No viable backend"):  # efficient has no CPU kernel
         generate("baseline", tiny_ckpt, question_file, tmp_path / "a.jsonl",
                  "--attention-backend", "efficient")

@@ -8,7 +8,7 @@ from eagle import EaModel
 from eagle.config import TreeConfig
 from eagle.presets import build_random
 from eagle.profiling import no_section
-from eagle.step import window_for
+from eagle.graphs import window_for
 from eagle.tree.masks import MASK_IMPLS
 
 pytestmark = pytest.mark.gpu
@@ -101,8 +101,8 @@ def test_captured_and_eager_triton_steps_never_sync():
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode(), model.kernels.blas_context(model.device):  # as generate runs them
-            model.eagle_step.run(model.graphs, window, no_section, one_graph=True)
-            eager.eagle_step.run(eager.graphs, window, no_section, one_graph=False)
+            model.graphs.run_step(model.eagle_step, window, no_section, one_graph=True)
+            eager.graphs.run_step(eager.eagle_step, window, no_section, one_graph=False)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert model.eagle_step.result() and eager.eagle_step.result()

@@ -9,7 +9,7 @@ from eagle.config import TreeConfig
 from eagle.draft import Drafter
 from eagle.llama import causal_mask, tree_attention_mask
 from eagle.presets import build_random
-from eagle.step import MIN_WINDOW, all_windows, window_for
+from eagle.graphs import MIN_WINDOW, all_windows, window_for
 from eagle.tree.masks import build_tree_buffers
 from eagle.verify import accept_greedy, accept_greedy_on_device
 
