@@ -23,7 +23,7 @@ from .llama import BaseOutput, LlamaForCausalLM, causal_mask, tree_attention_mas
 from .profiling import TimeSection, no_section
 from .tree.masks import build_tree_buffers, get_mask_impl
 from .verify import (AcceptResult, SamplerState, accept_greedy_on_device, accept_sampling_on_device,
-                     read_accepted)
+                     first_argmax, read_accepted)
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class PlainStep:
         return out.logits[0, -1]
 
     def greedy(self, window: int) -> None:
-        self.token.copy_(self.forward(window).argmax().view(1, 1))
+        self.token.copy_(first_argmax(self.forward(window)).view(1, 1))
 
     def sample(self, window: int) -> None:
         self.token.copy_(self.sampling.sample(self.forward(window)).view(1, 1))

@@ -57,3 +57,16 @@ def test_sampler_rejects_bad_settings():
         Sampler(0.0)
     with pytest.raises(ValueError, match="top_p"):
         Sampler(1.0, top_p=1.5)
+
+
+@pytest.mark.parametrize("shape", [(128256,), (61, 1040), (3, 7), (2, 5, 4096)])
+def test_first_argmax_is_argmax_with_ties(shape):
+    """The two-pass argmax picks the first of equal maxima, as torch's argmax does, including ties
+    across the parts it cuts a row into."""
+    from eagle.verify import first_argmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, shape, generator=g).to(torch.float16)  # many ties
+    x[..., -1] = 9  # the largest value late in the row, and once more earlier in some rows
+    x[..., shape[-1] // 3] = torch.where(torch.rand(shape[:-1], generator=g) < 0.5, 9, 0)
+    assert torch.equal(first_argmax(x), x.argmax(dim=-1))
