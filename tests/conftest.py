@@ -39,6 +39,14 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("tiny_ckpt"))
 
 
+@pytest.fixture(scope="session")
+def quick_spec() -> dict:
+    """`TinySpec` settings for builds whose weights do not matter (formats, flags, determinism):
+    a small corpus and vocabulary, 8 layers, one training step each (a fifth of a second)."""
+    return dict(documents=100, bpe_vocab=300, draft_vocab=64, seq_len=16, layers=8, grown_from=8,
+                base_steps=1, grow_steps=1, draft_steps=1)
+
+
 @pytest.fixture
 def preset_1040(monkeypatch) -> str:
     """"preset:tiny-1040": the tiny preset with a vocabulary the tiny tokenizer's 1040 ids fit."""
