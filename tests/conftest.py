@@ -1,4 +1,5 @@
-"""The `gpu` marker's skip without CUDA (here, for every test file), and shared fixtures: the tiny
+"""The CUDA skips of every test file: `gpu` (needs CUDA) and `no_cuda` (checks behaviour without
+it), and shared fixtures: the tiny
 checkpoints from `eagle.build.tiny` (built once per test session), the MT-Bench questions (the
 shipped data/mt_bench/question.jsonl, checked against the published sha256), one torch thread for
 modules that decode the tiny model, and the Triton interpreter."""
@@ -13,16 +14,21 @@ QUESTIONS = REPO / "data" / "mt_bench" / "question.jsonl"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `gpu` skip, each with the reason, where no CUDA device is available."""
-    gpu = [item for item in items if "gpu" in item.keywords]
-    if not gpu:
+    """Tests marked `gpu` skip where no CUDA device is available, tests marked `no_cuda` where one
+    is, each with the reason."""
+    marked = [item for item in items if "gpu" in item.keywords or "no_cuda" in item.keywords]
+    if not marked:
         return
     import torch
 
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
-        for item in gpu:
+    cuda = torch.cuda.is_available()
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    skip_here = pytest.mark.skip(reason="checks behaviour without CUDA, which is here (marked no_cuda)")
+    for item in marked:
+        if "gpu" in item.keywords and not cuda:
             item.add_marker(skip)
+        elif "no_cuda" in item.keywords and cuda:
+            item.add_marker(skip_here)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +37,14 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from eagle.build.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def quick_spec() -> dict:
+    """`TinySpec` settings for builds whose weights do not matter (formats, flags, determinism):
+    a small corpus and vocabulary, 8 layers, one training step each (a fifth of a second)."""
+    return dict(documents=100, bpe_vocab=300, draft_vocab=64, seq_len=16, layers=8, grown_from=8,
+                base_steps=1, grow_steps=1, draft_steps=1)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """benchmarks/blas.py: the per-library summary of alternated rounds, its arguments, and its
 refusal without a GPU."""
 import pytest
-import torch
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def test_rounds_and_repeats_must_be_positive(script, tmp_path):
     assert script.parse_args(["--out", str(tmp_path / "b.json")]).rounds == 2
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+@pytest.mark.no_cuda
 def test_without_a_gpu_it_refuses(script, tmp_path):
     assert script.main(["--out", str(tmp_path / "b.json")]) == 2
     assert not (tmp_path / "b.json").exists()

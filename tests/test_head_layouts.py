@@ -23,7 +23,6 @@ CPU = torch.device("cpu")
 CHAT = ["What is the capital of France?", "Write a short poem about the sea.",
         "Give me a tip for cooking rice."]
 NEW = 32
-QUICK = dict(base_steps=5, grow_steps=5, draft_steps=5)
 AUX_KEY = "eagle_aux_hidden_state_layer_ids"
 
 
@@ -152,8 +151,8 @@ def test_random_stray_embedding_decodes_with_the_same_acceptance(tiny_ckpt, head
     assert assert_lossless(tiny_ckpt / "base", with_stray, hf, tok) == accepts
 
 
-def test_wide_target_head_uses_its_own_embedding(tmp_path, caplog):
-    out = build(tmp_path / "wide", TinySpec(wide_head=True, **QUICK))
+def test_wide_target_head_uses_its_own_embedding(tmp_path, quick_spec):
+    out = build(tmp_path / "wide", TinySpec(wide_head=True, **quick_spec))
     hf = AutoModelForCausalLM.from_pretrained(str(out / "base"), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(out / "base"))
     cfg = json.loads((out / "draft" / "config.json").read_text())
@@ -169,8 +168,8 @@ def test_wide_target_head_uses_its_own_embedding(tmp_path, caplog):
     assert ea.drafter.kv.data.shape[-1] == cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
-def test_tiny_cli_writes_a_stray_embedding(tmp_path):
-    copy = build(tmp_path / "copy", TinySpec(stray_embedding="copy", **QUICK))
+def test_tiny_cli_writes_a_stray_embedding(tmp_path, quick_spec):
+    copy = build(tmp_path / "copy", TinySpec(stray_embedding="copy", **quick_spec))
     state = load_file(copy / "draft" / "model.safetensors")
     base = load_file(copy / "base" / "model.safetensors")
     assert torch.equal(state["embed_tokens.weight"], base["model.embed_tokens.weight"])

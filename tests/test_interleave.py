@@ -128,8 +128,7 @@ def test_resume_redoes_a_partial_question_for_every_member(trio, tiny_ckpt, ques
     before = {p.name: rows(p) for p in tmp_path.glob("*.jsonl")}
     assert generate("eagle", tiny_ckpt, question_file, tmp_path / "ea-{impl}.jsonl", "--mask-impl",
                     "rebuild,vectorized", "--with-baseline", "--profile") == 0
-    assert "2 already answered; answering 1 with rebuild, vectorized, baseline" in caplog.text
-    assert "1 question(s) answered by some members only" in caplog.text
+    assert "answered by some members only" in caplog.text  # the reason question 83 is redone
     new_runs = set()
     for name, old in before.items():
         now = rows(tmp_path / name)
@@ -146,7 +145,7 @@ def test_plain_runs_do_not_count_as_one_interleaved_run(tiny_ckpt, question_file
                         "--mask-impl", impl, "--model-id", f"ea-{impl}", questions=1) == 0
     assert generate("eagle", tiny_ckpt, question_file, tmp_path / "ea-{impl}.jsonl",
                     "--mask-impl", "rebuild,vectorized", questions=1) == 0
-    assert "1 question(s) answered by some members only, or not in one interleaved run" in caplog.text
+    assert "not in one interleaved run" in caplog.text
     assert rows(tmp_path / "ea-rebuild.jsonl")[0]["interleave"]["members"] == ["rebuild", "vectorized"]
 
 
@@ -165,8 +164,8 @@ def test_resume_refuses_answers_of_other_code(trio, tiny_ckpt, question_file, tm
     before = (tmp_path / "ea-baseline.jsonl").read_bytes()
     assert generate("eagle", tiny_ckpt, question_file, tmp_path / "ea-{impl}.jsonl", "--mask-impl",
                     "rebuild,vectorized", "--with-baseline", "--question-end", "4") == 2
-    assert (f"ea-baseline.jsonl: written by other code (code fingerprint 0123456789abcdef in the "
-            f"file, {ours} now)") in caplog.text
+    assert "ea-baseline.jsonl" in caplog.text
+    assert "0123456789abcdef" in caplog.text and ours in caplog.text
     assert (tmp_path / "ea-baseline.jsonl").read_bytes() == before
 
 
@@ -178,8 +177,8 @@ def test_same_code_at_another_commit_resumes(trio, tiny_ckpt, question_file, tmp
     edit_settings(path, lambda code: code.update(git_commit="f" * 40))
     assert generate("eagle", tiny_ckpt, question_file, path, "--mask-impl", "rebuild",
                     questions=2) == 0
-    assert "1 already answered; answering 1 with rebuild" in caplog.text
-    assert {a["settings"]["code"]["git_commit"] for a in rows(path)} == {"f" * 40}
+    assert {a["settings"]["code"]["git_commit"] for a in rows(path)} == {"f" * 40}  # kept
+    assert [a["question_id"] for a in rows(path)] == [81, 82]
 
 
 def test_fingerprint_follows_the_sources(tmp_path):

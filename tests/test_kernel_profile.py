@@ -42,7 +42,7 @@ def test_markdown_names_the_setup_and_both_parts(script):
     assert "| 5.0000 | 96.0 | 52.10 | `gemm` |" in text
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+@pytest.mark.no_cuda
 def test_without_a_gpu_it_refuses(script, tmp_path):
     assert script.main(["--out", str(tmp_path / "k.json")]) == 2
     assert not (tmp_path / "k.json").exists()

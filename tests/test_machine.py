@@ -34,8 +34,7 @@ def test_the_machine_decides_no_equality(tmp_path):
 def test_busy_names_the_load_and_the_cores():
     assert machine.busy({"cpu_count": 2, "load_start": [1.9, 1.0, 1.0]}, "start") is None
     warning = machine.busy({"cpu_count": 2, "load_end": [5.5, 1.0, 1.0]}, "end")
-    assert warning == ("the machine was busier than its cores at the end of the run (load average "
-                       "5.50 on 2 cores): timings are unreliable")
+    assert "5.50" in warning and "2 cores" in warning and "end" in warning
     assert machine.busy(None, "start") is None and machine.busy({"cpu_count": 2}, "end") is None
 
 

@@ -82,7 +82,6 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
     for name in ("rebuild-vs-rebuild-repeat", "baseline-vs-baseline-repeat"):  # float32: identical
         report = json.loads((tmp_path / f"speed-{name}.json").read_text())
         assert report["audit"]["differing"] == 0 and report["audit"]["turns"] == 4
-    assert "control: rebuild twice and the baseline once more" in done.stderr
     control = json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["control"]
     assert [Path(f).name for f in control["files"]] == ["tiny-rebuild-repeat.jsonl",
                                                        "tiny-rebuild-2-repeat.jsonl"]
@@ -96,38 +95,42 @@ def test_profiled_run_with_repeat_control(tiny_ckpt, tmp_path):
 def test_flag_other_than_0_or_1_is_refused(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "REPEAT": "yes"},
                       timeout=60)
-    assert done.returncode == 2 and "REPEAT must be 0 or 1, got 'yes'" in done.stderr
+    assert done.returncode == 2 and "REPEAT" in done.stderr and "'yes'" in done.stderr
     assert not list(tmp_path.iterdir())
 
 
 def test_nproc_other_than_a_positive_count_is_refused(tiny_ckpt, tmp_path):
     done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "NPROC": "0"},
                       timeout=60)
-    assert done.returncode == 2 and "NPROC must be a positive number of processes, got '0'" in \
-        done.stderr
+    assert done.returncode == 2 and "NPROC" in done.stderr and "'0'" in done.stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_unregistered_mask_impl_fails_naming_it(tiny_ckpt, tmp_path):
-    done = run_script({"OUT_DIR": str(tmp_path), "TINY_DIR": str(tiny_ckpt), "MASK_IMPLS": "bogus"},
-                      timeout=120)
-    assert done.returncode == 2
-    assert "unknown --mask-impl 'bogus'" in done.stderr
-    assert not list(tmp_path.iterdir())
-
-
-def test_settings_are_refused_before_anything_is_built(tmp_path):
+def assert_refused_before_building(env: dict, flag: str, tmp_path: Path) -> None:
+    """The script exits 2 naming `flag`, before it builds checkpoints or writes anything."""
     tiny = tmp_path / "tiny"  # absent: a run that got past the checks would build it
-    for env, message in (({"MASK_IMPLS": "triton", "DEVICE": "cpu"}, "--mask-impl triton"),
-                         ({"MAX_NEW_TOKEN": "0"}, "--max-new-token must be >= 1"),
-                         ({"DEVICE": "cpu", "ATTENTION_BACKEND": "efficient"},
-                          "--attention-backend efficient cannot run"),
-                         ({"DEVICE": "cpu", "CUDA_GRAPH": "on"}, "--cuda-graph on needs a CUDA device"),
-                         ({"CUDA_GRAPH": "yes"}, "argument --cuda-graph: invalid choice")):
-        done = run_script({"OUT_DIR": str(tmp_path / "out"), "TINY_DIR": str(tiny), **env}, timeout=120)
-        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
-        assert "settings refused" in done.stderr and "Traceback" not in done.stderr
-        assert not tiny.exists() and not (tmp_path / "out").exists()
+    done = run_script({"OUT_DIR": str(tmp_path / "out"), "TINY_DIR": str(tiny), **env}, timeout=120)
+    assert done.returncode == 2 and flag in done.stderr, done.stderr[-2000:]
+    assert "settings refused" in done.stderr and "Traceback" not in done.stderr
+    assert not tiny.exists() and not (tmp_path / "out").exists()
+
+
+def test_unregistered_mask_impl_is_refused_before_anything_is_built(tmp_path):
+    assert_refused_before_building({"MASK_IMPLS": "bogus"}, "--mask-impl 'bogus'", tmp_path)
+
+
+# each setting the script passes on, refused by the generator's checks (tested in process in
+# test_gen_preflight.py; here, that the script passes it and stops before building)
+@pytest.mark.slow
+@pytest.mark.parametrize("env, flag", [
+    ({"MASK_IMPLS": "triton", "DEVICE": "cpu"}, "--mask-impl triton"),
+    ({"MAX_NEW_TOKEN": "0"}, "--max-new-token"),
+    ({"DEVICE": "cpu", "ATTENTION_BACKEND": "efficient"}, "--attention-backend efficient"),
+    ({"DEVICE": "cpu", "CUDA_GRAPH": "on"}, "--cuda-graph on"),
+    ({"CUDA_GRAPH": "yes"}, "--cuda-graph"),
+])
+def test_settings_are_refused_before_anything_is_built(env, flag, tmp_path):
+    assert_refused_before_building(env, flag, tmp_path)
 
 
 @pytest.mark.slow
@@ -136,11 +139,10 @@ def test_sampling_run_ends_green_and_explains(tiny_ckpt, tmp_path):
                        "QUESTION_END": "3", "MAX_NEW_TOKEN": "16"}, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "baseline-vs-rebuild: token identity not expected" in done.stderr
-    assert "plain decoding and EAGLE draw from different random streams" in done.stderr
+    assert "different random streams" in done.stderr  # the reason, in the summary
     report = json.loads((tmp_path / "speed-baseline-vs-rebuild.json").read_text())
     assert not report["audit"]["required"]
     assert json.loads((tmp_path / "speed-rebuild-vs-vectorized.json").read_text())["audit"]["required"]
-    assert "Compared instead: new tokens per turn" in (tmp_path / "speed-baseline-vs-rebuild.md").read_text()
 
 
 @pytest.mark.slow
@@ -150,6 +152,4 @@ def test_a_resume_with_another_setting_names_out_dir(tiny_ckpt, tmp_path):
     assert run_script(first, timeout=300).returncode == 0
     done = run_script({**first, "MAX_NEW_TOKEN": "5"}, timeout=300)
     assert done.returncode == 2
-    assert "cannot resume: written with different settings ('max_new_token'" in done.stderr
-    assert f"OUT_DIR ({tmp_path}) holds answers written with other settings (see above): delete " \
-           f"it, or set OUT_DIR to another folder" in done.stderr
+    assert "'max_new_token'" in done.stderr and f"OUT_DIR ({tmp_path})" in done.stderr

@@ -99,15 +99,19 @@ def test_speedup_ci_brackets_a_noisy_ratio(tmp_path):
     assert report["baseline"]["tokens_per_s_mean_per_question"] == pytest.approx((8 + 10 + 6) / 3 / 2)
 
 
-def test_perturbed_tokens_exit_1_naming_question_turn_position(pair, caplog, capsys):
+def test_perturbed_tokens_exit_1_naming_question_turn_position(pair, tmp_path, caplog, capsys):
     a, b = pair
     rows = [json.loads(line) for line in b.read_text().splitlines()]
+    before = rows[1]["choices"][0]["detail"]["token_ids"][1][3]
     rows[1]["choices"][0]["detail"]["token_ids"][1][3] = 999  # question 82, turn 2, token 3
     write(b, rows)
-    assert run_speed("--baseline", a, "--opt", b) == 1
-    printed = capsys.readouterr().out
-    assert "question 82, turn 2, choice 0: first divergence at token 3" in printed
-    assert "OUTPUTS DIFFER" in printed
+    assert run_speed("--baseline", a, "--opt", b, "--json", tmp_path / "r.json") == 1
+    audit = json.loads((tmp_path / "r.json").read_text())["audit"]
+    n = len(rows[1]["choices"][0]["detail"]["token_ids"][1])
+    assert audit["mismatches"] == [{"question_id": 82, "choice": 0, "turn": 2, "position": 3,
+                                    "baseline_token": before, "opt_token": 999,
+                                    "baseline_len": n, "opt_len": n}]
+    assert "OUTPUTS DIFFER" in capsys.readouterr().out
     assert "question 82, turn 2" in caplog.text
     assert run_speed("--baseline", a, "--opt", b, "--allow-mismatch") == 0
 
@@ -122,12 +126,12 @@ def test_sampling_by_two_methods_needs_no_identity_and_says_why(tmp_path, capsys
     assert run_speed("--baseline", a, "--opt", b, "--json", out) == 0
     report = json.loads(out.read_text())
     assert not report["audit"]["required"] and report["audit"]["differing"] == 1
+    assert "temperature 0.7" in report["audit"]["why_not_required"]
+    assert [report[side]["new_tokens"] / report["audit"]["turns"] for side in ("baseline", "opt")] == [4, 4]
+    assert [report[side]["acceptance"]["new_tokens_per_step"] for side in ("baseline", "opt")] == [1, 2]
     printed = capsys.readouterr().out
-    assert "**token identity not expected**: under sampling (temperature 0.7) baseline and eagle " \
-           "draw from different random streams" in printed
-    assert "Compared instead: new tokens per turn 4.00 (baseline) vs 4.00 (opt); new tokens per " \
-           "step 1.00 vs 2.00." in printed
-    assert printed.rstrip().endswith("token identity not expected (5/6 turns identical)")
+    assert "Compared instead" in printed  # the numbers above, when identity is not required
+    assert printed.rstrip().splitlines()[-1].endswith("token identity not expected (5/6 turns identical)")
 
 
 def test_mt_bench_temperatures_count_as_sampling(tmp_path, capsys):
@@ -138,10 +142,15 @@ def test_mt_bench_temperatures_count_as_sampling(tmp_path, capsys):
     rows = answers(settings=sampled)
     rows[0]["choices"][0]["detail"]["token_ids"][0][1] = 999
     b = write(tmp_path / "b.jsonl", rows)
-    assert run_speed("--baseline", a, "--opt", b) == 0
-    printed = capsys.readouterr().out
-    assert "under sampling (per category: writing 0.7, stem 0.1, others 0) baseline and eagle" in printed
-    assert "| writing | 2 | 9.00 | 9.00 | 1.00 | 2.00 | 1.000x |" in printed
+    assert run_speed("--baseline", a, "--opt", b, "--json", tmp_path / "r.json") == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not report["audit"]["required"]
+    assert "writing 0.7, stem 0.1" in report["audit"]["why_not_required"]
+    writing = next(r for r in report["categories"] if r["category"] == "writing")
+    assert (writing["questions"], writing["baseline_tokens_per_s"], writing["opt_tokens_per_s"],
+            writing["baseline_tokens_per_step"], writing["opt_tokens_per_step"],
+            writing["speedup"]) == pytest.approx((2, 9.0, 9.0, 1.0, 2.0, 1.0))
+    assert "| writing | 2 | 9.00 | 9.00 | 1.00 | 2.00 | 1.000x |" in capsys.readouterr().out  # as printed
 
 
 @pytest.mark.parametrize("changes", [{"temperature": 0.7}, {}])
@@ -211,7 +220,7 @@ def test_inconsistent_settings_within_a_file_is_bad_input(tmp_path, caplog):
     rows[2]["settings"] = with_settings(seed=1)
     a, b = write(tmp_path / "a.jsonl", answers()), write(tmp_path / "b.jsonl", rows)
     assert run_speed("--baseline", a, "--opt", b) == 2
-    assert f"{b}:3: settings differ from line 1 in 'seed'" in caplog.text
+    assert f"{b}:3:" in caplog.text and "'seed'" in caplog.text
 
 
 def test_baseline_may_differ_in_draft_settings_but_eagle_runs_may_not(tmp_path, caplog):
@@ -265,7 +274,7 @@ def test_outputs_must_differ_from_each_other(pair, tmp_path):
 def test_missing_input_file(tmp_path, caplog):
     a = write(tmp_path / "a.jsonl", answers())
     assert run_speed("--baseline", a, "--opt", tmp_path / "nope.jsonl") == 2
-    assert "nope.jsonl: no such answer file" in caplog.text
+    assert "nope.jsonl" in caplog.text
 
 
 def test_script_and_module_entry_points_report_exit_codes(pair):
@@ -288,8 +297,7 @@ def test_files_in_the_format_before_the_standard_fields_are_refused(tmp_path, ca
         del c["idxs"]
     a, b = write(tmp_path / "a.jsonl", answers()), write(tmp_path / "old.jsonl", old)
     assert run_speed("--baseline", a, "--opt", b) == 2
-    assert f"{b}:1: this answer was written in the format before" in caplog.text
-    assert "delete the file and rerun the generator command" in caplog.text
+    assert f"{b}:1:" in caplog.text and "rerun the generator" in caplog.text
 
 
 def test_unreadable_or_binary_input_is_bad_input_not_a_mismatch(pair, tmp_path, caplog):

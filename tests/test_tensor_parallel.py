@@ -210,5 +210,10 @@ def test_bench_tp_counts_the_weights_a_rank_reads(tmp_path):
     rest = sum(p.numel() for p in whole.parameters()) - split - args.vocab_size * args.hidden_size
     expected = 4 * (split // WORLD + rest + args.hidden_size)  # float32; one embedding row
     assert bench.read_bytes(type("Model", (), {"base": shard})) == expected
-    if not torch.cuda.is_available():
-        assert bench.main(["--out", str(tmp_path / "tp.json")]) == 2
+
+
+@pytest.mark.no_cuda
+def test_bench_tp_refuses_without_cuda(tmp_path):
+    from benchmarks import tp as bench
+
+    assert bench.main(["--out", str(tmp_path / "tp.json")]) == 2

@@ -29,9 +29,6 @@ LLAMA3_PROMPT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\
                  "<|start_header_id|>user<|end_header_id|>\n\n"
                  "What is the capital of France?<|eot_id|>"
                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
-QUICK = dict(base_steps=5, grow_steps=5, draft_steps=5)  # formats and determinism need no training
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -147,10 +144,10 @@ def test_vocab_map_breaks_ties_by_id():
 
 
 @pytest.mark.slow
-def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
-    one = build(tmp_path / "one", TinySpec(seed=3, **QUICK))
-    two = build(tmp_path / "two", TinySpec(seed=3, **QUICK))
-    other = build(tmp_path / "other", TinySpec(seed=4, draft_format="bin", **QUICK))
+def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, quick_spec):
+    one = build(tmp_path / "one", TinySpec(seed=3, **quick_spec))
+    two = build(tmp_path / "two", TinySpec(seed=3, **quick_spec))
+    other = build(tmp_path / "other", TinySpec(seed=4, draft_format="bin", **quick_spec))
     for part in ("base/model.safetensors", "draft/model.safetensors", "base/tokenizer.json"):
         assert sha256(one / part) == sha256(two / part), part
     weights = [load_file(d / "base" / "model.safetensors") for d in (one, other)]
@@ -183,8 +180,8 @@ def test_refuses_other_settings_or_an_unfinished_build_without_force(tiny_ckpt, 
     assert (tmp_path / "base" / "config.json").read_text() == "{}"
 
 
-def test_force_rebuilds_a_finished_build(tmp_path):
-    spec = TinySpec(**QUICK)
+def test_force_rebuilds_a_finished_build(tmp_path, quick_spec):
+    spec = TinySpec(**quick_spec)
     out = build(tmp_path, spec)
     (out / "base" / "stale").write_text("left by an earlier build")
     build(out, spec, force=True)
