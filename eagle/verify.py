@@ -139,7 +139,7 @@ class SamplerState:
         return inverse_cdf(self.probs(logits), self.draws())
 
 
-SCAN_BLOCK = 1024  # entries per block of `cumsum_rows`
+SCAN_BLOCK = 1024  # most entries per block of `cumsum_rows`
 
 
 def cumsum_rows(x: Tensor) -> Tensor:
@@ -152,8 +152,9 @@ def cumsum_rows(x: Tensor) -> Tensor:
     the rows of a 2-D tensor (one fixed order), and each block adds the sum of the blocks before
     it (a reduction, in a fixed order too)."""
     v = x.shape[-1]
-    b = max(2, -(-v // SCAN_BLOCK))  # at least two blocks: one would be a single row again
-    blocks = torch.nn.functional.pad(x, (0, b * SCAN_BLOCK - v)).unflatten(-1, (b, SCAN_BLOCK))
+    k = min(SCAN_BLOCK, max(1, -(-v // 2)))
+    b = max(2, -(-v // k))  # at least two blocks: one would be a single row again
+    blocks = torch.nn.functional.pad(x, (0, b * k - v)).unflatten(-1, (b, k))
     blocks = blocks.cumsum(dim=-1)  # [..., B, SCAN_BLOCK]
     order = torch.arange(b, device=x.device)
     before = torch.where(order[None, :] < order[:, None], blocks[..., None, :, -1], 0.0).sum(-1)

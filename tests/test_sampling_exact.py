@@ -36,6 +36,8 @@ from eagle import verify
 from eagle.tree.masks import build_tree_buffers
 from eagle.verify import Sampler, SamplerState, accept_sampling
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # toy-sized batched ops: threads only cost
+
 TOL = 2e-6  # float32 probabilities, renormalised after each rejection
 Shape = tuple  # a node's children, best draft rank first, each a Shape itself
 
