@@ -155,7 +155,7 @@ def cumsum_rows(x: Tensor) -> Tensor:
     k = min(SCAN_BLOCK, max(1, -(-v // 2)))
     b = max(2, -(-v // k))  # at least two blocks: one would be a single row again
     blocks = torch.nn.functional.pad(x, (0, b * k - v)).unflatten(-1, (b, k))
-    blocks = blocks.cumsum(dim=-1)  # [..., B, SCAN_BLOCK]
+    blocks = blocks.cumsum(dim=-1)  # [..., B, k]
     order = torch.arange(b, device=x.device)
     before = torch.where(order[None, :] < order[:, None], blocks[..., None, :, -1], 0.0).sum(-1)
     return (blocks + before[..., None]).flatten(-2)[..., :v]
@@ -237,7 +237,7 @@ def accept_sampling_on_device(logits: Tensor, tokens: Tensor, retrieve: Tensor,
     probs = state.probs(logits)  # [T+1, V]
     links = tree_links(retrieve, n)
     order = torch.arange(n, device=dev)
-    tested = draws[(links.depth - 1).clamp(min=0), order]  # each child's draw, at its parent's level
+    tested = draws[(links.depth - 1).clamp(min=0), order]  # a child's draw: its parent's level
     accepted = (tested < acceptance_odds(probs, tokens, links.parent)) & (links.parent < n)
     first = torch.where(accepted[None, :] & (links.parent[None, :] == order[:, None]),
                         order[None, :], n).amin(dim=1)  # [T+1] each node's first accepted child
@@ -250,7 +250,7 @@ def accept_sampling_on_device(logits: Tensor, tokens: Tensor, retrieve: Tensor,
     stop_p = probs.index_select(0, steps[-1])[0]
     bonus = inverse_cdf(residual(stop_p, tokens, links.parent == steps[-1]), draws[0, 0])
     col = torch.arange(c, device=dev)
-    taken = torch.cat((tokens.index_select(0, path[1:]), path[:1]))  # [C] the next node's token
+    taken = torch.cat((tokens.index_select(0, path[1:]), steps[0]))  # [C] the next node's token
     out = torch.where(col < count - 1, taken, torch.where(col == count - 1, bonus, 0))
     return AcceptResult(torch.where(col < count, path, 0), out, count)
 
