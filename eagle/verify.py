@@ -9,8 +9,11 @@ are the draft's top-k, a deterministic function of the context, so the draft is 
 each candidate in turn (q(x) = 1) and this sequential test samples p_base exactly.
 
 Both run on the device with fixed shapes and no host read, so a captured step replays either.
-Sampling spends a fixed block of uniform draws per step (`accept_sampling_on_device`), from a
-generator of its own (`SamplerState`) that CUDA graphs advance as eager calls do.
+Sampling processes the T+1 rows of logits in one batched pass and computes every node's odds at
+once (`acceptance_odds`), so the walk is a gather per level; it spends a fixed block of uniform
+draws per step (`accept_sampling_on_device`), from a generator of its own (`SamplerState`) that
+CUDA graphs advance as eager calls do, and its cumulative sums run in a fixed order
+(`cumsum_rows`), so that a replayed step draws what an eager one draws.
 """
 from __future__ import annotations
 
@@ -128,17 +131,19 @@ class SamplerState:
         self.shape = sampler.shape
 
     def probs(self, logits: Tensor) -> Tensor:
-        """logits [V] -> probabilities [V] (float32, on the logits' device)."""
+        """logits [..., V] -> probabilities [..., V] (float32, on the logits' device), row by
+        row. Top-p sorts the logits as they come (the temperature keeps their order; half
+        precision keys sort faster)."""
         x = logits.float() / self.temperature
         use_top_p, top_k = self.shape
         if use_top_p:
-            srt, order = torch.sort(x)
-            cum = torch.softmax(srt, dim=-1).cumsum(dim=-1)
+            order = torch.sort(logits, dim=-1).indices
+            cum = cumsum_rows(torch.softmax(x.gather(-1, order), dim=-1))
             drop = cum <= 1 - self.top_p
-            drop[-1:].fill_(False)  # keep at least the most likely token (a kernel: no host copy)
-            x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+            drop[..., -1:].fill_(False)  # keep at least the most likely token (no host copy)
+            x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
         if top_k > 0:
-            kth = torch.topk(x, min(top_k, x.shape[-1])).values[-1]
+            kth = torch.topk(x, min(top_k, x.shape[-1]), dim=-1).values[..., -1:]
             x = x.masked_fill(x < kth, float("-inf"))
         return torch.softmax(x, dim=-1)
 
@@ -151,22 +156,55 @@ class SamplerState:
         return inverse_cdf(self.probs(logits), self.draws())
 
 
+SCAN_BLOCK = 1024  # most entries per block of `cumsum_rows`
+
+
+def cumsum_rows(x: Tensor) -> Tensor:
+    """Inclusive cumulative sums of x [..., V] along the last axis, the same bits on every run.
+
+    On CUDA, torch.cumsum over one row runs CUB's single-pass scan, whose float additions group
+    differently from run to run (a block adds its predecessors' sums as they become ready): two
+    runs over the same probabilities can differ in the last bit, and an inverse-CDF draw near a
+    boundary then picks another token. Here each row is cut into blocks of SCAN_BLOCK scanned as
+    the rows of a 2-D tensor (one fixed order), and each block adds the sum of the blocks before
+    it (a reduction, in a fixed order too)."""
+    v = x.shape[-1]
+    k = min(SCAN_BLOCK, max(1, -(-v // 2)))
+    b = max(2, -(-v // k))  # at least two blocks: one would be a single row again
+    blocks = torch.nn.functional.pad(x, (0, b * k - v)).unflatten(-1, (b, k))
+    blocks = blocks.cumsum(dim=-1)  # [..., B, k]
+    order = torch.arange(b, device=x.device)
+    before = torch.where(order[None, :] < order[:, None], blocks[..., None, :, -1], 0.0).sum(-1)
+    return (blocks + before[..., None]).flatten(-2)[..., :v]
+
+
 def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
     """The token (0-d) whose cumulative interval of `weights` [V] (any positive total) holds
     u * total, u (0-d) in [0, 1): token t with probability weights[t] / total, never a token of
-    weight 0 (a rounding overshoot of the total lands on the last token of positive weight)."""
-    cdf = weights.cumsum(dim=-1)
-    t = torch.searchsorted(cdf, (u * cdf[-1]).view(1), right=True)[0]
+    weight 0 (where rounding lands on one, past the total or at a block boundary of
+    `cumsum_rows`, the last token of positive weight)."""
+    cdf = cumsum_rows(weights)
+    t = torch.searchsorted(cdf, (u * cdf[-1]).view(1), right=True).clamp(max=weights.shape[-1] - 1)
     order = torch.arange(weights.shape[-1], device=weights.device)
-    return torch.minimum(t, ((weights > 0).long() * order).argmax())
+    last = ((weights > 0).long() * order).argmax()
+    return torch.where(weights.index_select(0, t)[0] > 0, t[0], last)
 
 
-def children_of(retrieve: Tensor, node: Tensor, depth: int, n: int) -> Tensor:
-    """[n] bool (n = T+1 nodes): the children of `node` (0-d), at column `depth` of `retrieve`."""
-    below = retrieve[:, depth + 1]
-    hit = (retrieve[:, depth] == node) & (below >= 0)
-    slot = torch.where(hit, below, torch.full_like(below, n))  # slot n collects the misses
-    return torch.zeros(n + 1, dtype=torch.bool, device=retrieve.device).scatter_(0, slot, True)[:n]
+class TreeLinks(NamedTuple):
+    parent: Tensor  # [N] each node's parent; N for the root and for nodes on no path
+    depth: Tensor  # [N] each node's depth, 0 for the root
+
+
+def tree_links(retrieve: Tensor, n: int) -> TreeLinks:
+    """The parent and depth of each of the n nodes, read from the paths `retrieve` [R, C]
+    (-1 padded; a node on several paths writes the same values each time)."""
+    child = retrieve[:, 1:]
+    slot = torch.where(child >= 0, child, n).flatten()  # slot n collects the padding
+    cols = torch.arange(1, retrieve.shape[1], device=retrieve.device).expand_as(child).flatten()
+    parent = torch.full((n + 1,), n, dtype=torch.long, device=retrieve.device)
+    depth = torch.zeros(n + 1, dtype=torch.long, device=retrieve.device)
+    return TreeLinks(parent.scatter_(0, slot, retrieve[:, :-1].flatten())[:n],
+                     depth.scatter_(0, slot, cols)[:n])
 
 
 def residual(p: Tensor, tokens: Tensor, children: Tensor) -> Tensor:
@@ -177,54 +215,61 @@ def residual(p: Tensor, tokens: Tensor, children: Tensor) -> Tensor:
     return p.masked_fill(hit, 0.0)
 
 
-def candidate_odds(p: Tensor, tokens: Tensor, children: Tensor) -> Tensor:
-    """[T+1]: the probability of accepting each child (in node order) once the earlier children are
-    rejected: p(x) over the mass p has left after zeroing the earlier children's tokens (0 for a
-    token an earlier child holds, 0 off the children). When the children hold all of p's mass,
-    the last child of positive mass is accepted surely (so rounding never rejects them all)."""
-    order = torch.arange(tokens.shape[0], device=tokens.device)
-    earlier = (tokens[:, None] == tokens[None, :]) & children[None, :] & (order[None, :] < order[:, None])
-    mass = torch.where(children & ~earlier.any(dim=1), p.index_select(0, tokens), 0.0)
-    left = p.sum() - (mass.cumsum(dim=0) - mass)
-    odds = torch.where(mass > 0, mass / left.clamp(min=torch.finfo(p.dtype).tiny), 0.0).clamp(max=1.0)
-    last = ((mass > 0).long() * order).argmax()
-    covered = residual(p, tokens, children).sum() <= 0
-    return torch.where(covered & (order == last) & (mass > 0), 1.0, odds)
+def acceptance_odds(probs: Tensor, tokens: Tensor, parent: Tensor) -> Tensor:
+    """[N]: the probability of accepting node n when the walk tests it, at its parent once its
+    earlier siblings (node order) were rejected: its token's probability over the mass its
+    parent's distribution has left after zeroing the earlier siblings' tokens (probs [N, V]: row
+    m the distribution after node m). 0 for a token an earlier sibling holds and for the root.
+    When the siblings hold all of the parent's mass, the last of positive mass is accepted surely
+    (so rounding never rejects them all): that is counted, not summed."""
+    n = tokens.shape[0]
+    order = torch.arange(n, device=tokens.device)
+    child = parent < n
+    row = torch.where(child, parent, 0)
+    sib = (parent[:, None] == parent[None, :]) & child[:, None]  # [N, N]: m shares n's parent
+    earlier = sib & (order[None, :] < order[:, None])
+    repeat = (earlier & (tokens[:, None] == tokens[None, :])).any(dim=1)
+    mass = torch.where(child & ~repeat, probs[row, tokens], 0.0)
+    left = probs.sum(dim=-1)[row] - torch.where(earlier, mass[None, :], 0.0).sum(dim=1)
+    odds = torch.where(mass > 0, mass / left.clamp(min=torch.finfo(probs.dtype).tiny), 0.0)
+    positive = sib & (mass[None, :] > 0)  # n's siblings (n included) of positive mass
+    covered = positive.sum(dim=1) == (probs > 0).sum(dim=-1)[row]
+    last = (mass > 0) & ~(positive & (order[None, :] > order[:, None])).any(dim=1)
+    return torch.where(covered & last, 1.0, odds.clamp(max=1.0))
 
 
 def accept_sampling_on_device(logits: Tensor, tokens: Tensor, retrieve: Tensor,
                               state: SamplerState, draws: Optional[Tensor] = None) -> AcceptResult:
-    """The sampled acceptance with fixed shapes and no host read (C = retrieve width). At depth d,
-    from the last accepted node: child n is accepted when draws[d, n] < its odds
-    (`candidate_odds`), the first accepted in node order wins; none accepted, the bonus token is
-    drawn from the residual by inverse CDF with draws[0, 0] (the root's slot, never a child's),
-    and the walk stops.
+    """The sampled acceptance with fixed shapes and no host read (C = retrieve width). Child n at
+    depth d+1 is accepted when draws[d, n] < its odds (`acceptance_odds`); the walk goes from the
+    root to the first accepted child (node order) of each node it reaches; where none is, the
+    bonus token is drawn from that node's residual by inverse CDF with draws[0, 0] (the root's
+    slot, never a child's). Every node's odds come from one batched pass over the T+1 rows, so
+    the walk itself is one gather per level.
 
     draws: [C, T+1] uniforms in [0, 1) (more rows are ignored); default: drawn from `state`'s
     generator."""
     n, c, dev = tokens.shape[0], retrieve.shape[1], tokens.device
     draws = state.draws(c, n) if draws is None else draws
-    cur, count = torch.zeros((), dtype=torch.long, device=dev), torch.ones((), dtype=torch.long, device=dev)
-    alive = torch.ones((), dtype=torch.bool, device=dev)
-    path, out = torch.zeros(c, dtype=torch.long, device=dev), torch.zeros(c, dtype=torch.long, device=dev)
-    none = torch.zeros(n, dtype=torch.bool, device=dev)
-    stop_p, stop_children = None, none
-    for d in range(c):
-        p = state.probs(logits.index_select(0, cur.view(1))[0])
-        children = children_of(retrieve, cur, d, n) if d < c - 1 else none
-        accepted = draws[d] < candidate_odds(p, tokens, children)
-        took, chosen = alive & accepted.any(), accepted.long().argmax()
-        stops = alive & ~took
-        stop_p = p if stop_p is None else torch.where(stops, p, stop_p)
-        stop_children = torch.where(stops, children, stop_children)
-        count = torch.where(stops, d + 1, count)
-        if d < c - 1:
-            path[d + 1] = torch.where(took, chosen, 0)
-            out[d] = torch.where(took, tokens.index_select(0, chosen.view(1))[0], 0)
-        cur, alive = torch.where(took, chosen, cur), took
-    bonus = inverse_cdf(residual(stop_p, tokens, stop_children), draws[0, 0])
-    out = torch.where(torch.arange(c, device=dev) == count - 1, bonus, out)
-    return AcceptResult(path, out, count)
+    probs = state.probs(logits)  # [T+1, V]
+    links = tree_links(retrieve, n)
+    order = torch.arange(n, device=dev)
+    tested = draws[(links.depth - 1).clamp(min=0), order]  # a child's draw: its parent's level
+    accepted = (tested < acceptance_odds(probs, tokens, links.parent)) & (links.parent < n)
+    first = torch.where(accepted[None, :] & (links.parent[None, :] == order[:, None]),
+                        order[None, :], n).amin(dim=1)  # [T+1] each node's first accepted child
+    after = torch.where(first < n, first, order)  # a node without one: the walk stays there
+    steps = [torch.zeros(1, dtype=torch.long, device=dev)]
+    for _ in range(c - 1):
+        steps.append(after.index_select(0, steps[-1]))
+    path = torch.cat(steps)  # [C] root first, its last node repeated once the walk stopped
+    count = 1 + (path[1:] != path[:-1]).sum()
+    stop_p = probs.index_select(0, steps[-1])[0]
+    bonus = inverse_cdf(residual(stop_p, tokens, links.parent == steps[-1]), draws[0, 0])
+    col = torch.arange(c, device=dev)
+    taken = torch.cat((tokens.index_select(0, path[1:]), steps[0]))  # [C] the next node's token
+    out = torch.where(col < count - 1, taken, torch.where(col == count - 1, bonus, 0))
+    return AcceptResult(torch.where(col < count, path, 0), out, count)
 
 
 def accept_sampling(logits: Tensor, tokens: Tensor, retrieve: Tensor, state: SamplerState,

@@ -36,6 +36,8 @@ from eagle import verify
 from eagle.tree.masks import build_tree_buffers
 from eagle.verify import Sampler, SamplerState, accept_sampling
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # toy-sized batched ops: threads only cost
+
 TOL = 2e-6  # float32 probabilities, renormalised after each rejection
 Shape = tuple  # a node's children, best draft rank first, each a Shape itself
 
@@ -121,13 +123,13 @@ def step_outcomes(step: Step, settings: Sampler) -> dict:
     under uniform draws; each branch checked against the engine fed the branch's draws."""
     state, out = state_for(settings), defaultdict(float)
     n, c = step.tokens.shape[0], step.retrieve.shape[1]
+    probs = state.probs(step.logits)  # [T+1, V]
+    parent = verify.tree_links(step.retrieve, n).parent
+    odds = verify.acceptance_odds(probs, step.tokens, parent)
     stack = [(0, 0, 1.0, torch.zeros(c, n), [])]  # (depth, node, weight, draws so far, tokens)
     while stack:
         d, node, weight, draws, toks = stack.pop()
-        p = state.probs(step.logits[node])
-        none = torch.zeros(n, dtype=torch.bool)
-        children = verify.children_of(step.retrieve, torch.tensor(node), d, n) if d < c - 1 else none
-        odds = verify.candidate_odds(p, step.tokens, children)
+        children = parent == node
         rejected = draws.clone()
         for child in torch.nonzero(children).flatten().tolist():
             a = float(odds[child])
@@ -137,7 +139,7 @@ def step_outcomes(step: Step, settings: Sampler) -> dict:
                 stack.append((d + 1, child, weight * a, taken, toks + [int(step.tokens[child])]))
             rejected[d, child] = odds[child]
             weight *= 1.0 - a
-        r = verify.residual(p, step.tokens, children).double()
+        r = verify.residual(probs[node], step.tokens, children).double()
         cdf = r.cumsum(0)
         for t in torch.nonzero(r).flatten().tolist():
             final = rejected.clone()
@@ -221,8 +223,8 @@ def test_disjoint_draft_never_gets_a_token_accepted():
 def test_the_enumeration_catches_a_biased_acceptance(case, monkeypatch):
     """The check has teeth: the same enumeration of an acceptance that takes candidate x with
     probability sqrt(odds) > odds misses the target."""
-    fair = verify.candidate_odds
-    monkeypatch.setattr(verify, "candidate_odds", lambda *args: fair(*args).sqrt())
+    fair = verify.acceptance_odds
+    monkeypatch.setattr(verify, "acceptance_odds", lambda *args: fair(*args).sqrt())
     world, settings = CASES[case]
     got = engine_prefixes(world, (0,), settings, 2)
     assert abs(sum(got.values()) - 1.0) < TOL

@@ -178,8 +178,8 @@ def test_rejects_a_sampler_tempered_at_0_8(engines, hf_base):
 
 @pytest.mark.slow
 def test_rejects_an_acceptance_biased_toward_the_draft(engines, hf_base, monkeypatch):
-    fair = verify.candidate_odds
-    monkeypatch.setattr(verify, "candidate_odds", lambda *args: fair(*args).sqrt())
+    fair = verify.acceptance_odds
+    monkeypatch.setattr(verify, "acceptance_odds", lambda *args: fair(*args).sqrt())
     _, pair = run_case(engines, hf_base, TREE, Setting(1.0), Setting(1.0), range(800))
     assert pair.p_value < ALPHA, pair
 

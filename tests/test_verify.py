@@ -1,9 +1,12 @@
-"""Acceptance does not depend on how an implementation pads or orders its retrieve indices."""
+"""Acceptance does not depend on how an implementation pads or orders its retrieve indices;
+sampled acceptance costs a fixed set of operations plus one per level."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from eagle.tree.masks import available_mask_impls, build_tree_buffers
-from eagle.verify import Sampler, SamplerState, accept_greedy, accept_sampling
+from eagle.verify import (SCAN_BLOCK, Sampler, SamplerState, accept_greedy, accept_sampling,
+                          cumsum_rows, first_argmax)
 
 CPU_IMPLS = available_mask_impls(torch.device("cpu"))
 
@@ -63,10 +66,62 @@ def test_sampler_rejects_bad_settings():
 def test_first_argmax_is_argmax_with_ties(shape):
     """The two-pass argmax picks the first of equal maxima, as torch's argmax does, including ties
     across the parts it cuts a row into."""
-    from eagle.verify import first_argmax
-
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 5, shape, generator=g).to(torch.float16)  # many ties
     x[..., -1] = 9  # the largest value late in the row, and once more earlier in some rows
     x[..., shape[-1] // 3] = torch.where(torch.rand(shape[:-1], generator=g) < 0.5, 9, 0)
     assert torch.equal(first_argmax(x), x.argmax(dim=-1))
+
+
+def test_blocked_cumsum_matches_torch_cumsum():
+    """`cumsum_rows` (a fixed order of additions on every device) computes the cumulative sums,
+    row by row, for rows shorter and longer than a block, with a tail block cut short."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5,), (3, 700), (2, 3 * SCAN_BLOCK + 17)]:
+        x = torch.rand(shape, generator=g)
+        want = x.double().cumsum(-1).float()
+        torch.testing.assert_close(cumsum_rows(x), want, rtol=1e-5, atol=1e-4)
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the aten operations that compute (views and metadata aside)."""
+
+    VIEWS = {"view", "_unsafe_view", "select", "slice", "expand", "unsqueeze", "squeeze",
+             "as_strided", "t", "detach", "alias", "permute", "transpose", "reshape", "lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += func.overloadpacket.__name__ not in self.VIEWS
+        return func(*args, **(kwargs or {}))
+
+
+def chain_case(depth: int, vocab: int = 50):
+    """A chain of `depth` drafted tokens the base accepts for sure, and its sampler."""
+    tokens = torch.arange(depth + 1)
+    logits = torch.full((depth + 1, vocab), -30.0)
+    logits[torch.arange(depth), tokens[1:]] = 30.0
+    ret = build_tree_buffers(torch.arange(depth), depth, "rebuild").retrieve_indices
+    state = SamplerState(torch.device("cpu"))
+    state.load(Sampler(0.7, seed=1))
+    return logits, tokens, ret, state
+
+
+@pytest.mark.parametrize("depth", [3, 9])
+def test_sampling_walk_costs_one_operation_per_level(depth):
+    """Every node's odds come from one batched pass: a step `depth` levels deep runs one aten
+    operation per level beyond a fixed set (two allowed; not a softmax and a residual per
+    level), and draws the same tokens again from a reseeded state."""
+    logits, tokens, ret, state = chain_case(depth)
+    shallow = chain_case(2)
+    with OpCount() as deep_ops:
+        first = accept_sampling(logits, tokens, ret, state)
+    with OpCount() as base_ops:
+        accept_sampling(*shallow)
+    assert first.accept_length == depth
+    assert deep_ops.ops - base_ops.ops <= 2 * (depth - 2)  # it was about 70 per level
+    state.load(Sampler(0.7, seed=1))
+    again = accept_sampling(logits, tokens, ret, state)
+    assert (again.tokens, again.path.tolist()) == (first.tokens, first.path.tolist())
