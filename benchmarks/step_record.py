@@ -56,7 +56,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="llama3.1-8b", choices=sorted(PRESETS))
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"))
-    p.add_argument("--prompts", default="200,2000,6000", help="prompt lengths (default: 200,2000,6000)")
+    p.add_argument("--prompts", default="200,2000,6000",
+                   help="prompt lengths (default: 200,2000,6000)")
     p.add_argument("--new", type=int, default=64, help="new tokens per timed call (default: 64)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per figure (median)")
     p.add_argument("--tree", default="60,5,10", help="total_token,depth,top_k (default: 60,5,10)")
@@ -230,8 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = record(args, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    log.info("copy %.2f TB/s, floor %.2f ms; plain %s ms/token; EAGLE %s ms/step; eager %.2f / %.2f;"
-             " transformers %.2f ms/token", report["copy_TBps"], report["floor_ms"],
+    log.info("copy %.2f TB/s, floor %.2f ms; plain %s ms/token; EAGLE %s ms/step; eager %.2f"
+             " / %.2f; transformers %.2f ms/token", report["copy_TBps"], report["floor_ms"],
              report["plain_ms_per_token"], report["eagle_ms_per_step"],
              report["eager_ms_per_token"], report["eager_ms_per_step"],
              report["hf_compiled_ms_per_token"])
