@@ -186,8 +186,9 @@ def counts(run: Callable[[int], int], new: int, launches: Launches) -> dict:
         launches.count.clear()
         with OpCount() as mode:
             run(n)
+        launched = Counter(launches.count)
         units, stats = profiled(run, n, launches)
-        runs[n] = (units, mode.ops, Counter(launches.count), stats)
+        runs[n] = (units, mode.ops, launched, stats)
     units, ops, launched, stats = runs[new]
     _, ops1, launched1, stats1 = runs[1]
     both = (stats, stats1)

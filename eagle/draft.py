@@ -44,8 +44,8 @@ class DraftLayer(nn.Module):
         if not self.kernels.active(emb.device):
             return torch.cat((self.input_layernorm(emb), self.hidden_norm(h)), dim=-1)
         half = emb.shape[-1]
-        dtype = torch.promote_types(self.input_layernorm.weight.dtype, emb.dtype)
-        x = torch.empty(*emb.shape[:-1], 2 * half, device=emb.device, dtype=dtype)
+        x = torch.empty(*emb.shape[:-1], 2 * half, device=emb.device,
+                        dtype=torch.result_type(self.input_layernorm.weight, emb))
         for norm, rows, part in ((self.input_layernorm, emb, x[..., :half]),
                                  (self.hidden_norm, h, x[..., half:])):
             fused.ops().rms_norm(rows, norm.weight, norm.eps, out=part)

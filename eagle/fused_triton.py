@@ -57,8 +57,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, delta: Tensor | None = None,
     rows = x.numel() // n
     xs = unit_stride(x.reshape(rows, n))
     if out is None:
-        out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype),
-                          device=x.device)
+        out = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
     elif out.shape != x.shape or out.stride(-1) != 1:
         raise ValueError(f"rms_norm: out must have x's shape {list(x.shape)} and adjacent elements "
                          f"within a row, got {list(out.shape)} with strides {out.stride()}")
