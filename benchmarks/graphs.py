@@ -47,13 +47,17 @@ def add_setup_args(p: argparse.ArgumentParser, new: int) -> None:
     p.add_argument("--max-length", type=int, default=4096)
 
 
+def random_prompt(vocab: int, length: int, device: torch.device) -> torch.Tensor:
+    """A random prompt [1, length] of ids 3.. (seed 0)."""
+    return torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def random_setup(args: argparse.Namespace) -> tuple:
     """(base, head, prompt [1, --prompt], tree) on the GPU: the preset's random weights (seed 0)
     and a random prompt (seed 0)."""
     dev = torch.device("cuda")
     base, head = build_random(args.preset, getattr(torch, args.dtype), dev, seed=0)
-    prompt = torch.randint(3, base.args.vocab_size, (1, args.prompt),
-                           generator=torch.Generator().manual_seed(0)).to(dev)
+    prompt = random_prompt(base.args.vocab_size, args.prompt, dev)
     return base, head, prompt, TreeConfig(*(int(x) for x in args.tree.split(",")))
 
 

@@ -75,11 +75,14 @@ def hf_model(preset: str, dtype: torch.dtype, seed: int, device: torch.device):
 
 
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    """(fn's result, seconds), the device synchronised on both sides."""
-    torch.cuda.synchronize()
+    """(fn's result, seconds), the GPU (where there is one) synchronised on both sides."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     return out, time.perf_counter() - start
 
 

@@ -24,8 +24,9 @@ def rope_fits(head_dim: int) -> bool:
     return head_dim % 2 == 0 and half > 0 and half & (half - 1) == 0
 
 
+@lru_cache(maxsize=None)
 def ops():
-    """The Triton kernels (imported on first use)."""
+    """The Triton kernels (imported on first use; one lookup, not an import, every call after)."""
     from . import fused_triton
 
     return fused_triton

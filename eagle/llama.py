@@ -10,6 +10,7 @@ projection weights); elsewhere they run the PyTorch operations written out below
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -193,11 +194,13 @@ class Attention(nn.Module):
         # x: [1, S, in]; the new tokens' K/V go to cache slots frame.start..
         s, rep, d, width = x.shape[1], self.n_heads // self.n_kv, self.head_dim, frame.mask.shape[1]
         if self.fused_rope(x.device):
-            keys, values = kv.window(layer, frame.start, s, width)  # checks the slots first
-            q = self.rotate_into_cache(x[0], frame, kv, layer)  # [H, S, D]
+            kv.check(frame.start, s, width)
+            k_cache, v_cache = kv.layer(layer)
+            q = self.rotate_into_cache(x[0], frame, k_cache, v_cache)  # [H, S, D]
             if frame.bias is None:
-                out = fused.ops().attention(q, kv.data[layer, 0], kv.data[layer, 1], frame.mask)
+                out = fused.ops().attention(q, k_cache, v_cache, frame.mask)
                 return self.o_proj(out[None])
+            keys, values = k_cache[:, :width][None], v_cache[:, :width][None]
         else:
             cos, sin = frame.rope
             q = self.q_proj(x).view(1, s, self.n_heads, d).transpose(1, 2)  # [1, H, S, D]
@@ -209,16 +212,17 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=frame.bias)
         return self.o_proj(out.reshape(1, self.n_heads, s, d).transpose(1, 2).reshape(1, s, -1))
 
-    def rotate_into_cache(self, x: Tensor, frame: Frame, kv: "KVCache", layer: int) -> Tensor:
+    def rotate_into_cache(self, x: Tensor, frame: Frame, k_cache: Tensor,
+                          v_cache: Tensor) -> Tensor:
         """The fused path's projections and rotary: x [S, in] -> queries [H, S, D]; the keys
-        and values go straight to their cache slots."""
+        and values go straight to their slots of the layer's cache (`KVCache.layer`)."""
         linears = (self.q_proj, self.k_proj, self.v_proj)
         if fused.stacked(self.qkv, linears):
             q, k, v = F.linear(x, self.qkv).split([lin.out_features for lin in linears], dim=-1)
         else:
             q, k, v = (lin(x) for lin in linears)
-        return fused.ops().rope_into_cache(q, k, v, frame.positions, *frame.rope, kv.data[layer, 0],
-                                           kv.data[layer, 1], frame.start)
+        return fused.ops().rope_into_cache(q, k, v, frame.positions, *frame.rope, k_cache,
+                                           v_cache, frame.start)
 
 
 class KVCache(nn.Module):
@@ -234,6 +238,16 @@ class KVCache(nn.Module):
         self.max_len = max_len
         self.register_buffer("data", torch.zeros(layers, 2, n_kv, max_len, head_dim, dtype=dtype,
                                                  device=device), persistent=False)
+        self._layers: list[tuple[Tensor, Tensor]] = []  # views of `data`, per layer
+        self._layers_of: Optional[weakref.ref] = None  # the `data` they view
+
+    def layer(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The layer's keys and values, [Hkv, max_len, D] each: views made once per buffer
+        (again after a move or cast replaced `data`), not two indexing ops per forward."""
+        if self._layers_of is None or self._layers_of() is not self.data:
+            self._layers = [(d[0], d[1]) for d in self.data]
+            self._layers_of = weakref.ref(self.data)
+        return self._layers[layer]
 
     def fits(self, max_len: int, weight: Tensor) -> bool:
         """Whether this cache holds max_len slots in `weight`'s dtype on its device."""
@@ -246,18 +260,25 @@ class KVCache(nn.Module):
         slots of keys/values ([1, Hkv, width, D] views)."""
         slots = start + torch.arange(k.shape[2], device=k.device)  # [S]
         keys, values = self.window(layer, start, k.shape[2], width)
-        self.data[layer, 0].index_copy_(1, slots, k[0])
-        self.data[layer, 1].index_copy_(1, slots, v[0])
+        k_cache, v_cache = self.layer(layer)
+        k_cache.index_copy_(1, slots, k[0])
+        v_cache.index_copy_(1, slots, v[0])
         return keys, values
 
-    def window(self, layer: int, start: Start, new: int, width: int) -> tuple[Tensor, Tensor]:
-        """The layer's first `width` slots of keys and values ([1, Hkv, width, D] views), after
-        checking that `new` tokens from `start` and the window fit the cache."""
+    def check(self, start: Start, new: int, width: int) -> None:
+        """Raises unless `new` tokens from `start` (a host int; a device start is not read) and
+        a window of `width` slots fit the cache."""
         end = start + new if isinstance(start, int) else new
         if max(end, width) > self.max_len:
             raise RuntimeError(f"KV cache overflow: need {max(end, width)} slots, have "
                                f"{self.max_len}; raise max_length")
-        return self.data[layer, 0, :, :width][None], self.data[layer, 1, :, :width][None]
+
+    def window(self, layer: int, start: Start, new: int, width: int) -> tuple[Tensor, Tensor]:
+        """The layer's first `width` slots of keys and values ([1, Hkv, width, D] views), after
+        checking that `new` tokens from `start` and the window fit the cache."""
+        self.check(start, new, width)
+        k_cache, v_cache = self.layer(layer)
+        return k_cache[:, :width][None], v_cache[:, :width][None]
 
     def compact(self, start: Start, slots: Tensor) -> None:
         """Move the K/V of `slots` (absolute) to start..start+len(slots), all layers at once."""

@@ -52,6 +52,16 @@ PRESETS: dict[str, tuple[ModelArgs, ModelArgs]] = {
                   num_attention_heads=48, num_key_value_heads=8, max_position_embeddings=2048,
                   rope=LLAMA31_ROPE, draft_vocab_size=32000, target_hidden_size=8192),
     ),
+    # the 8B's structure (32 layers, 32 query and 8 KV heads, a one-layer head with its own draft
+    # vocabulary) at a small width: host work per step on a CPU (`benchmarks.host_overhead`)
+    "llama3.1-8b-mini": (
+        ModelArgs(vocab_size=2048, hidden_size=512, intermediate_size=1792, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                  rope=LLAMA31_ROPE),  # no stop token: every run decodes its budget
+        ModelArgs(vocab_size=2048, hidden_size=512, intermediate_size=1792, num_hidden_layers=1,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                  rope=LLAMA31_ROPE, draft_vocab_size=512),
+    ),
     # a small model with the same structure, for CPU tests
     "tiny": (
         ModelArgs(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
