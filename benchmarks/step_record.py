@@ -41,7 +41,7 @@ from torch import nn
 from eagle import EaModel
 from eagle.config import TreeConfig
 from eagle.presets import PRESETS, build_random
-from eagle.step import window_for
+from eagle.graphs import window_for
 
 from .graphs import eagle_ms, hf_static, per_unit_ms, random_prompt
 
