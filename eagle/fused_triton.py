@@ -8,8 +8,8 @@ costs beyond reading the weights:
 - `rope_into_cache`: rotary embedding of the new queries and keys, keys and values written
   straight into their cache slots, queries laid out head-major ([H, S, D]);
 - `silu_mul`: SiLU(gate) * up; `attention`: grouped-query attention over the cache window with
-  the boolean mask, in chunks merged in a fixed order; `top_log_probs`: the draft's k best
-  log-probabilities per row; `draft_level_mask`: a draft level's ancestors and attention mask.
+  the boolean mask, in chunks merged in a fixed order; and, from `fused_triton_draft`,
+  `top_log_probs` and `draft_level_mask`, the draft's selection.
 
 Each kernel rounds where PyTorch's separate kernels round, and none lets the compiler contract a
 multiply and an add (`enable_fp_fusion=False`): the rotary and residual arithmetic is bit for bit
@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .fused_triton_draft import draft_level_mask, top_log_probs  # noqa: F401 (the draft's kernels)
 
 
 def unit_stride(rows: Tensor) -> Tensor:
@@ -160,13 +162,15 @@ ATTENTION_PROGRAMS = 128  # about one program per SM of an H100; the window is s
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr, sum_ptr,
-                      n_rows, s_len, rep, chunk, width, kv_head, mask_row, out_row, scale,
-                      D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                      SPLIT: tl.constexpr, IEEE: tl.constexpr):
+                      start_ptr, start, n_rows, s_len, rep, chunk, width, kv_head, mask_row,
+                      out_row, scale, D: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_W: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
+                      START_ON_DEVICE: tl.constexpr):
     """Program (g, b, c): query rows b*BLOCK_R.. of KV head g over window slots c*chunk.. .
     Folded row r of group g is query head g*rep + r // S of token r % S. Without SPLIT the
     program covers the whole window and writes the output; with it, the partial output, its row
-    maxima and exponential sums go to `_combine_kernel`."""
+    maxima and exponential sums go to `_combine_kernel`. Tiles at or past slot start + S (no row
+    may see them) are skipped: a skipped tile would have added exact zeros."""
     g = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     live = rows < n_rows
@@ -180,7 +184,9 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
     total = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, D], tl.float32)
     lo = tl.program_id(2) * chunk
-    for t in range(0, chunk // BLOCK_W):
+    first = tl.load(start_ptr) if START_ON_DEVICE else start
+    hi = tl.minimum(lo + chunk, first + s_len)  # slots from start + S on are never seen
+    for t in range(0, tl.cdiv(hi - lo, BLOCK_W)):
         cols = lo + t * BLOCK_W + tl.arange(0, BLOCK_W)
         inside = cols < width
         k = tl.load(keys + cols[:, None] * D + d[None, :], mask=inside[:, None], other=0.0)
@@ -239,7 +245,7 @@ def _combine_kernel(part_ptr, max_ptr, sum_ptr, out_ptr, n_rows, s_len, rep, spl
              out.to(out_ptr.dtype.element_ty))
 
 
-def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
+def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor, start=None) -> Tensor:
     """Grouped-query attention of the new tokens over a window of the cache, softmax scale
     1/sqrt(D), float32 statistics and accumulation.
 
@@ -248,7 +254,9 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tens
     D] contiguous; mask: [S, W] bool over slots 0..W-1 (True = may attend). Returns [S, H*D], the
     heads side by side as the output projection reads them; a row that may attend to nothing gets
     zeros. The window is cut into a fixed number of chunks (by shape alone), whose partial results
-    merge in a fixed order, so equal inputs give equal outputs bit for bit."""
+    merge in a fixed order, so equal inputs give equal outputs bit for bit. start: the new tokens'
+    first slot (an int or a 0-d device tensor), when the mask sees no slot from start + S on: the
+    key tiles there are not read, and the result is the same bit for bit; None: all are read."""
     h, s, d = q.shape
     n_kv, width = k_cache.shape[0], mask.shape[1]
     rows = h // n_kv * s  # query rows per KV head
@@ -265,135 +273,15 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tens
         best, total = torch.empty(2, splits, n_kv, rows, dtype=torch.float32, device=q.device)
     else:
         part = best = total = out
+    on_device = isinstance(start, Tensor)
     _attention_kernel[(n_kv, row_blocks, splits)](
-        q.contiguous(), k_cache, v_cache, mask, out, part, best, total, rows, s, h // n_kv, chunk,
-        width, k_cache.stride(0), mask.stride(0), out.stride(0), d ** -0.5, D=d, BLOCK_R=block_r,
-        BLOCK_W=ATTENTION_KEYS, SPLIT=splits > 1, IEEE=q.dtype == torch.float32, num_warps=4)
+        q.contiguous(), k_cache, v_cache, mask, out, part, best, total,
+        start if on_device else out, 0 if on_device else (width if start is None else start), rows,
+        s, h // n_kv, chunk, width, k_cache.stride(0), mask.stride(0), out.stride(0), d ** -0.5,
+        D=d, BLOCK_R=block_r, BLOCK_W=ATTENTION_KEYS, SPLIT=splits > 1,
+        IEEE=q.dtype == torch.float32, START_ON_DEVICE=on_device, num_warps=4)
     if splits > 1:
         _combine_kernel[(n_kv, rows)](part, best, total, out, rows, s, h // n_kv, splits,
                                       out.stride(0), D=d, num_warps=1)
     return out
 
-
-@triton.jit
-def _top_block_kernel(x_ptr, x_row, val_ptr, idx_ptr, max_ptr, sum_ptr, n, K: tl.constexpr,
-                      BLOCK: tl.constexpr):
-    """Program (r, b): block b of row r; its K largest values (best first, the lower index first
-    among equals), its maximum and its sum of exp(x - maximum)."""
-    r = tl.program_id(0)
-    b = tl.program_id(1)
-    blocks = tl.num_programs(1)
-    offs = b * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + r.to(tl.int64) * x_row + offs, mask=offs < n,
-                other=float("-inf")).to(tl.float32)
-    top = tl.max(x, axis=0)
-    ref = tl.where(top == float("-inf"), 0.0, top)
-    tl.store(max_ptr + r * blocks + b, top)
-    tl.store(sum_ptr + r * blocks + b, tl.sum(tl.exp(x - ref), axis=0))
-    out = (r * blocks + b) * K
-    free = offs < n  # entries not picked yet (a picked -inf must not be picked again)
-    for j in tl.static_range(K):
-        left = tl.where(free, x, float("-inf"))
-        best = tl.max(left, axis=0)
-        at = tl.min(tl.where(free & (left == best), offs, blocks * BLOCK), axis=0)
-        tl.store(val_ptr + out + j, best)
-        tl.store(idx_ptr + out + j, at)
-        free = free & (offs != at)
-
-
-@triton.jit
-def _top_merge_kernel(val_ptr, idx_ptr, max_ptr, sum_ptr, out_val, out_idx, blocks,
-                      K: tl.constexpr, NB: tl.constexpr, C: tl.constexpr):
-    """Program r: the K best of row r's block candidates, as log-probabilities."""
-    r = tl.program_id(0)
-    b = tl.arange(0, NB)
-    top = tl.load(max_ptr + r * blocks + b, mask=b < blocks, other=float("-inf"))
-    part = tl.load(sum_ptr + r * blocks + b, mask=b < blocks, other=0.0)
-    peak = tl.max(top, axis=0)
-    log_sum = tl.log(tl.sum(part * tl.exp(top - peak), axis=0))
-    c = tl.arange(0, C)
-    have = c < blocks * K
-    vals = tl.load(val_ptr + r * blocks * K + c, mask=have, other=float("-inf"))
-    ids = tl.load(idx_ptr + r * blocks * K + c, mask=have, other=0)
-    free = have
-    for j in tl.static_range(K):
-        left = tl.where(free, vals, float("-inf"))
-        best = tl.max(left, axis=0)
-        pos = tl.min(tl.where(free & (left == best), c, C), axis=0)  # blocks in order: lower id
-        tl.store(out_val + r * K + j, (best - peak) - log_sum)
-        tl.store(out_idx + r * K + j, tl.sum(tl.where(c == pos, ids, 0), axis=0))
-        free = free & (c != pos)
-
-
-TOP_BLOCK = 2048  # vocabulary entries per program of `top_log_probs`
-
-
-def top_log_probs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k largest entries of log_softmax(logits) along the last axis, best first (the lower
-    index first among equal values): (float32 log-probabilities, int64 indices), each [..., k].
-
-    Two launches, whatever the vocabulary: each block of TOP_BLOCK entries keeps its k best with
-    its maximum and exponential sum, then one program per row merges them (what
-    `torch.log_softmax(logits.float(), -1).topk(k)` computes in ~25 launches)."""
-    n = logits.shape[-1]
-    rows = logits.numel() // n
-    x = unit_stride(logits.reshape(rows, n))
-    blocks = triton.cdiv(n, TOP_BLOCK)
-    dev = logits.device
-    cand_val = torch.empty(rows, blocks, k, dtype=torch.float32, device=dev)
-    cand_idx = torch.empty(rows, blocks, k, dtype=torch.int64, device=dev)
-    top, part = torch.empty(2, rows, blocks, dtype=torch.float32, device=dev)
-    _top_block_kernel[(rows, blocks)](x, x.stride(0), cand_val, cand_idx, top, part, n, K=k,
-                                      BLOCK=TOP_BLOCK, num_warps=4)
-    values = torch.empty(rows, k, dtype=torch.float32, device=dev)
-    ids = torch.empty(rows, k, dtype=torch.int64, device=dev)
-    _top_merge_kernel[(rows,)](cand_val, cand_idx, top, part, values, ids, blocks, K=k,
-                               NB=triton.next_power_of_2(blocks),
-                               C=triton.next_power_of_2(blocks * k), num_warps=4)
-    shape = (*logits.shape[:-1], k)
-    return values.view(shape), ids.view(shape)
-
-
-@triton.jit
-def _draft_mask_kernel(prev_ptr, rows_ptr, ctx_ptr, level_ptr, mask_ptr, prev_span, width,
-                       K: tl.constexpr, HAS_PREV: tl.constexpr, SPAN_BLOCK: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    """Program (r, b): frontier node r of a level. Its ancestor row is its parent's row of the
-    previous level (parent = rows[r]) followed by the identity; program b = 0 stores it. Window
-    columns b*BLOCK..: the accepted slots before ctx, then the level nodes from ctx on."""
-    r = tl.program_id(0)
-    span = prev_span + K
-    parent = tl.load(rows_ptr + r) if HAS_PREV else 0
-    if tl.program_id(1) == 0:
-        j = tl.arange(0, SPAN_BLOCK)
-        seen = j == prev_span + r
-        if HAS_PREV:
-            seen = seen | (tl.load(prev_ptr + parent * prev_span + j, mask=j < prev_span,
-                                   other=0) != 0)
-        tl.store(level_ptr + r * span + j, seen, mask=j < span)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    rel = cols - tl.load(ctx_ptr)
-    seen = (rel < 0) | (rel == prev_span + r)
-    if HAS_PREV:
-        seen = seen | (tl.load(prev_ptr + parent * prev_span + rel,
-                               mask=(rel >= 0) & (rel < prev_span), other=0) != 0)
-    tl.store(mask_ptr + r * width + cols, seen, mask=cols < width)
-
-
-def draft_level_mask(prev: Tensor | None, rows: Tensor | None, ctx: Tensor, k: int,
-                     width: int) -> tuple[Tensor, Tensor]:
-    """One launch for a draft level's masks. prev: [k, span] bool, the previous level's
-    ancestor rows (None at the first level); rows: [k] int64, the previous-level row each node
-    descends from; ctx: 0-d int64, the accepted slots' count. Returns the level's ancestor rows
-    [k, span + k] (cat(prev[rows], eye(k)); eye(k) at the first level) and the mask [k, width]:
-    slots < ctx, and the level nodes at ctx.. that are the row's ancestors or itself."""
-    has_prev = prev is not None
-    span = prev.shape[1] if has_prev else 0
-    level = torch.empty(k, span + k, dtype=torch.bool, device=ctx.device)
-    mask = torch.empty(k, width, dtype=torch.bool, device=ctx.device)
-    block = min(1024, triton.next_power_of_2(width))
-    _draft_mask_kernel[(k, triton.cdiv(width, block))](
-        prev.contiguous() if has_prev else level, rows if has_prev else ctx, ctx, level, mask,
-        span, width, K=k, HAS_PREV=has_prev, SPAN_BLOCK=triton.next_power_of_2(span + k),
-        BLOCK=block, num_warps=4)
-    return level, mask

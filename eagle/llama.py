@@ -198,7 +198,7 @@ class Attention(nn.Module):
             k_cache, v_cache = kv.layer(layer)
             q = self.rotate_into_cache(x[0], frame, k_cache, v_cache)  # [H, S, D]
             if frame.bias is None:
-                out = fused.ops().attention(q, k_cache, v_cache, frame.mask)
+                out = fused.ops().attention(q, k_cache, v_cache, frame.mask, frame.start)
                 return self.o_proj(out[None])
             keys, values = k_cache[:, :width][None], v_cache[:, :width][None]
         else:

@@ -150,7 +150,8 @@ def sdpa_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
 
 def check_attention(ops, device: str, dtype) -> None:
     """The fused attention against SDPA: one query or many, windows cut into chunks or not, a
-    row of a chunk that sees nothing, and whole chunks nobody sees."""
+    row of a chunk that sees nothing, and whole chunks nobody sees; told the new tokens' first
+    slot (a host int or a device tensor), the same bits without reading the tiles past them."""
     torch.manual_seed(2)
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     h, n_kv, d, slots = 8, 2, 32, 1100
@@ -166,6 +167,8 @@ def check_attention(ops, device: str, dtype) -> None:
         torch.testing.assert_close(got.double(), sdpa_reference(q, k_cache, v_cache, mask),
                                    atol=tol, rtol=tol)
         assert torch.equal(got, ops.attention(q, k_cache, v_cache, mask))  # reproduces itself
+        for start in (seen, torch.tensor(seen, device=device)):  # no row sees slot seen + s on
+            assert torch.equal(got, ops.attention(q, k_cache, v_cache, mask, start))  # skips them
     blind = torch.zeros(1, 256, dtype=torch.bool, device=device)
     assert not ops.attention(q[:, :1], k_cache, v_cache, blind).any()  # sees nothing: zeros
 
@@ -252,8 +255,11 @@ def test_kernels_match_torch_interpreted(triton_interpreter, dtype):
 
 
 def decode(model: EaModel, prompt: torch.Tensor, new: int) -> tuple:
-    return (model.naive_generate(prompt, max_new_tokens=new).new_token_ids,
-            model.generate(prompt, max_new_tokens=new).new_token_ids)
+    """Plain decoding's tokens, EAGLE's, and EAGLE's accepted drafts per step (the draft's own
+    forwards: its attention, top-k and level masks)."""
+    eagle = model.generate(prompt, max_new_tokens=new)
+    return (model.naive_generate(prompt, max_new_tokens=new).new_token_ids, eagle.new_token_ids,
+            eagle.accepted_drafts)
 
 
 @pytest.mark.slow
