@@ -7,7 +7,8 @@ times pair question by question. The members' order rotates from turn to turn. E
 time includes its prefill (the answer files' definition), the device synchronised on both sides.
 transformers loads the checkpoint itself (`LlamaForCausalLM.from_pretrained`) and decodes greedily
 with a static cache, which it compiles on the first calls (excluded, reported as `warmup_s`), or
-with its dynamic cache (eager) under `--hf dynamic`.
+with its dynamic cache (eager) under `--hf dynamic`. transformers compiles a static-cache `generate`
+on GPUs only: on the CPU it runs eagerly, and the report's `hf_compiled` says which happened.
 
 The report has, per member: tokens/s, ms per token, steps and τ (accepted drafts + 1 per step), the speedup
 over plain decoding (Student-t 95% CI over per-question log ratios), and how many turns decode
@@ -55,7 +56,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--mask-impls", default="rebuild,vectorized,triton",
                    help="comma-separated EAGLE members (default: rebuild,vectorized,triton)")
     p.add_argument("--hf", default="static", choices=("static", "dynamic", "off"),
-                   help="transformers' cache: static (compiled), dynamic (eager) or off")
+                   help="transformers' cache: static (compiled on a GPU), dynamic (eager) or off")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--question-file", type=Path, default=Path("data/mt_bench/question.jsonl"))
@@ -118,6 +119,11 @@ class Members:
             res = self.model.generate(prompt, max_new_tokens=self.new)
         self.steps[name] = (res.steps, sum(res.accepted_drafts))
         return res.new_token_ids
+
+    def hf_compiled(self) -> bool:
+        """Whether transformers' `generate` compiled the model's call (it keeps the compiled
+        call as `_compiled_call` once it has made one)."""
+        return self.hf is not None and hasattr(self.hf, "_compiled_call")
 
     def warm_up(self, prompts: list[list[int]]) -> None:
         """One call of every member (graph capture, Triton compilation); transformers' static
@@ -198,7 +204,7 @@ def save(args: argparse.Namespace, members: Members, turns: list[dict], complete
     report = {"base": str(args.base), "draft": str(args.draft), "dtype": args.dtype,
               "stop_ids": sorted(members.model.stop_ids),
               "device": device, "tree": args.tree, "max_new_token": args.max_new_token,
-              "hf_cache": args.hf, "torch": torch.__version__,
+              "hf_cache": args.hf, "hf_compiled": members.hf_compiled(), "torch": torch.__version__,
               "transformers": transformers.__version__, "warmup_s": members.warmup_s,
               "turns_done": len(turns), "complete": complete,
               "members": summarise(members, turns) if turns else {}, "turns": turns}

@@ -26,6 +26,7 @@ def test_every_member_decodes_plain_tokens(report_path):
     members = report["members"]
     assert set(members) == {"plain", "rebuild", "vectorized", "transformers"}
     assert report["complete"] and report["turns_done"] == 2
+    assert report["hf_compiled"] is False  # a dynamic cache runs eagerly
     for name in ("rebuild", "vectorized", "transformers"):
         assert members[name]["identical_to_plain"] == 2, name
     for name in ("rebuild", "vectorized"):
