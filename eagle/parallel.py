@@ -201,8 +201,11 @@ def init_from_env(device: torch.device) -> torch.device:
 
 
 def leave() -> None:
-    """Leave the group after the last collective (no-op alone)."""
+    """Leave the group after the last collective (no-op alone). The ranks first meet at a
+    barrier: a gloo rank that tore its group down while its peer was still finishing the last
+    collective could abort the peer's process at exit."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
