@@ -6,9 +6,9 @@ turns, the second turn's history holding plain decoding's first answer, so that 
 times pair question by question. The members' order rotates from turn to turn. Each call's wall
 time includes its prefill (the answer files' definition), the device synchronised on both sides.
 transformers loads the checkpoint itself (`LlamaForCausalLM.from_pretrained`) and decodes greedily
-with a static cache, which it compiles on the first calls (excluded, reported as `warmup_s`), or
-with its dynamic cache (eager) under `--hf dynamic`. transformers compiles a static-cache `generate`
-on GPUs only: on the CPU it runs eagerly, and the report's `hf_compiled` says which happened.
+with a static cache, which it compiles on a GPU on the first calls (excluded, reported as
+`warmup_s`) and runs eagerly on the CPU (the report's `hf_compiled` says which), or with its
+dynamic cache (eager) under `--hf dynamic`.
 
 The report has, per member: tokens/s, ms per token, steps and τ (accepted drafts + 1 per step), the speedup
 over plain decoding (Student-t 95% CI over per-question log ratios), and how many turns decode
