@@ -88,8 +88,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         "pointwise kernels instead of the fused ones; default: graphs,eager)")
     p.add_argument("--hf", action="store_true", help="also time transformers' static-cache generate")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T",
-                   help="also time graph-mode EAGLE steps sampling at T against greedy ones, in "
-                        "this process (default: 0, off)")
+                   help="also time graph-mode EAGLE steps sampling at T (compiled, and "
+                        "uncompiled) against greedy ones, interleaved in this process (default: 0, "
+                        "off)")
     p.add_argument("--out", type=Path, required=True, metavar="JSON")
     return p.parse_args(argv)
 
@@ -118,17 +119,38 @@ def eagle_ms(model: EaModel, prompt: torch.Tensor, args,
     return ms, res, warm
 
 
-def bench_sampling(model: EaModel, prompt: torch.Tensor, args) -> dict:
-    """Graph-mode EAGLE ms/step per mask implementation, greedy and sampling at --temperature
-    (seed 0) on one model, one after the other."""
-    out = {"temperature": args.temperature}
+def bench_sampling(model: EaModel, uncompiled: EaModel, prompt: torch.Tensor, args) -> dict:
+    """Graph-mode EAGLE ms/step per mask implementation: greedy, sampling at --temperature (seed
+    0), and the same sampling on `uncompiled` (same weights, `Kernels(compile_sampling=False)`).
+    After a warm-up of each, the three are timed in turn --repeat times (interleaved, so a drift
+    of the card's clocks touches all three alike); each ratio is the median of the per-round
+    ratios, with their range. Also whether the compiled and uncompiled sampling drew the same
+    tokens (they compute one function; float rounding may part them at a near-tie)."""
+    sampling = dict(temperature=args.temperature, seed=0)
+    runs = {"greedy": (model, {}), "sampling": (model, sampling), "uncompiled": (uncompiled, sampling)}
+    out: dict = {"temperature": args.temperature, "rounds": args.repeat}
     for impl in MASK_IMPLS:
-        model.mask_impl = impl
-        greedy, _, _ = eagle_ms(model, prompt, args)
-        sampled, res, _ = eagle_ms(model, prompt, args, temperature=args.temperature, seed=0)
-        out[impl] = {"greedy_ms_per_step": greedy, "sampling_ms_per_step": sampled,
-                     "sampling_over_greedy": sampled / greedy,
-                     "sampling_mean_accept": sum(res.accepted_drafts) / len(res.accepted_drafts)}
+        ms: dict = {name: [] for name in runs}
+        last: dict = {}
+        for m, kw in runs.values():
+            m.mask_impl = impl
+            m.generate(prompt, max_new_tokens=args.new, **kw)  # captures this mode's graphs
+        for _ in range(args.repeat):
+            for name, (m, kw) in runs.items():
+                value, res = per_unit_ms(lambda n: m.generate(prompt, max_new_tokens=n, **kw),
+                                         args.new, lambda r: r.steps, 1)
+                ms[name].append(value)
+                last[name] = res
+        r = {f"{name}_ms_per_step": statistics.median(v) for name, v in ms.items()}
+        for name in ("sampling", "uncompiled"):
+            ratios = [x / g for x, g in zip(ms[name], ms["greedy"])]
+            r[f"{name}_over_greedy"] = statistics.median(ratios)
+            r[f"{name}_over_greedy_range"] = [min(ratios), max(ratios)]
+        accepts = last["sampling"].accepted_drafts
+        r["sampling_mean_accept"] = sum(accepts) / len(accepts)
+        r["compiled_tokens_equal_uncompiled"] = (last["sampling"].new_token_ids ==
+                                                 last["uncompiled"].new_token_ids)
+        out[impl] = r
     return out
 
 
@@ -184,10 +206,13 @@ def summary(report: dict) -> str:
                      ", ".join(f"{i} {r[i]['ms_per_step']:.2f}" for i in MASK_IMPLS))
     if "sampling" in report:
         s = report["sampling"]
-        lines.append(f"[graphs] EAGLE ms/step, greedy vs sampling at T = {s['temperature']}: " +
+        lines.append(f"[graphs] EAGLE ms/step, greedy vs sampling at T = {s['temperature']} "
+                     f"(compiled; uncompiled), median of {s['rounds']} interleaved rounds: " +
                      ", ".join(f"{i} {s[i]['greedy_ms_per_step']:.2f} vs "
                                f"{s[i]['sampling_ms_per_step']:.2f} "
-                               f"({100 * (s[i]['sampling_over_greedy'] - 1):+.1f}%)" for i in MASK_IMPLS))
+                               f"({100 * (s[i]['sampling_over_greedy'] - 1):+.1f}%; "
+                               f"{100 * (s[i]['uncompiled_over_greedy'] - 1):+.1f}%)"
+                               for i in MASK_IMPLS))
     if "hf_static" in report:
         lines.append(f"transformers static-cache generate: {report['hf_static']['ms_per_token']:.2f} "
                      f"ms/token (warm-up {report['hf_static']['warmup_s']:.0f} s)")
@@ -228,7 +253,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.info("%s done", mode)
         again = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True)
         if args.temperature > 0:
-            report["sampling"] = bench_sampling(again, prompt, args)
+            uncompiled = EaModel(base, head, tree, max_length=args.max_length, cuda_graph=True,
+                                 kernels=Kernels(compile_sampling=False))
+            report["sampling"] = bench_sampling(again, uncompiled, prompt, args)
+            del uncompiled
         repeat = {"plain": again.naive_generate(prompt, max_new_tokens=args.new).new_token_ids}
         for impl in MASK_IMPLS:
             again.mask_impl = impl

@@ -10,8 +10,10 @@ each (`eagle.fused_triton`), the query/key/value and gate/up projections as one 
 over stacked weights (`eagle.fused.stack_weights`), and, unless a named SDPA backend is pinned,
 attention as one Triton kernel. EAGLE steps on the fused path prefer cuBLASLt for their matrix
 products (measured faster on an H100 for the verify's ~61 rows and the draft's few rows; plain
-decoding is faster with torch's default). Both paths compute the same function; in float16 they
-can part at near-ties, so answer files name the path (`describe`).
+decoding is faster with torch's default). Sampling's logits processing and tree acceptance run
+through `torch.compile` (`eagle.verify.compiled`): a few generated kernels instead of about 120
+small ones per step. Both paths compute the same function; in float16 they can part at near-ties,
+so answer files name the path (`describe`).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Kernels:
     fused: bool = True  # the fused path where it can run; False: PyTorch's operations everywhere
     attention: str = "auto"  # "auto" or a pinned SDPA backend (ATTENTION_BACKENDS)
     eagle_blas: Optional[str] = "cublaslt"  # BLAS library EAGLE steps prefer; None: torch's default
+    compile_sampling: bool = True  # on the fused path, sampling runs through torch.compile
 
     def __post_init__(self) -> None:
         if self.attention != "auto" and self.attention not in ATTENTION_BACKENDS:
@@ -51,9 +54,15 @@ class Kernels:
         """Whether forwards on `device` run the fused kernels."""
         return self.fused and device.type == "cuda" and has_triton()
 
+    def sampling_compiled(self, device: torch.device) -> bool:
+        """Whether sampling on `device` (its logits processing and tree acceptance) runs compiled."""
+        return self.compile_sampling and self.active(device)
+
     def describe(self, device: torch.device) -> str:
         """The kernel path on `device`, as answer files record it."""
-        return "fused (triton)" if self.active(device) else "torch"
+        if not self.active(device):
+            return "torch"
+        return "fused (triton)" + ("" if self.compile_sampling else ", sampling uncompiled")
 
     def attention_active(self, device: torch.device) -> bool:
         """Whether attention on `device` runs the fused Triton kernel (no SDPA backend pinned)."""

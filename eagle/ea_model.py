@@ -220,12 +220,12 @@ class EaModel(nn.Module):
         self._load_sampling(step.sampling, sampler)
         return step, one_graph
 
-    @staticmethod
-    def _load_sampling(state: SamplerState, sampler: Optional[Sampler]) -> Optional[SamplerState]:
-        """`state` set to `sampler` (seeded afresh), or None for greedy decoding."""
+    def _load_sampling(self, state: SamplerState, sampler: Optional[Sampler]) -> Optional[SamplerState]:
+        """`state` set to `sampler` (seeded afresh; compiled on the fused path), or None for greedy
+        decoding."""
         if sampler is None:
             return None
-        state.load(sampler)
+        state.load(sampler, compiled=self.kernels.sampling_compiled(self.device))
         return state
 
     @torch.inference_mode()

@@ -13,13 +13,16 @@ Sampling processes the T+1 rows of logits in one batched pass and computes every
 once (`acceptance_odds`), so the walk is a gather per level; it spends a fixed block of uniform
 draws per step (`accept_sampling_on_device`), from a generator of its own (`SamplerState`) that
 CUDA graphs advance as eager calls do, and its cumulative sums run in a fixed order
-(`cumsum_rows`), so that a replayed step draws what an eager one draws.
+(`cumsum_rows`), so that a replayed step draws what an eager one draws. On a GPU's fused path the
+processing and the acceptance run through torch.compile (`compiled`): the same function in a few
+generated kernels, eager and captured alike.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -116,36 +119,33 @@ class Sampler:
 
 class SamplerState:
     """What a sampling step reads, at fixed addresses: temperature and top-p on the device, the
-    settings' shape, and a random generator on the device, seeded by `load` for each call."""
+    settings' shape, and a random generator on the device, seeded by `load` for each call; and
+    whether its processing and acceptance run compiled (`compiled`)."""
 
     def __init__(self, device: torch.device):
         self.temperature = torch.ones((), device=device)
         self.top_p = torch.ones((), device=device)
         self.generator = torch.Generator(device=device)
         self.shape: tuple[bool, int] = (False, 0)
+        self.compiled = False
 
-    def load(self, sampler: Sampler) -> None:
+    def load(self, sampler: Sampler, compiled: bool = False) -> None:
+        """Settings and a fresh seed for one call; `compiled`: run the sampling functions through
+        `torch.compile` (a GPU's fused path: a few generated kernels instead of ~120 small ones)."""
         self.temperature.fill_(sampler.temperature)
         self.top_p.fill_(sampler.top_p)
         self.generator.manual_seed(sampler.seed)
         self.shape = sampler.shape
+        self.compiled = compiled
+
+    def run(self, fn: Callable[..., Any], *args: Tensor) -> Any:
+        """fn(*args, temperature, top_p, use_top_p, top_k), compiled where `compiled`."""
+        return (compiled(fn) if self.compiled else fn)(*args, self.temperature, self.top_p,
+                                                         *self.shape)
 
     def probs(self, logits: Tensor) -> Tensor:
-        """logits [..., V] -> probabilities [..., V] (float32, on the logits' device), row by
-        row. Top-p sorts the logits as they come (the temperature keeps their order; half
-        precision keys sort faster)."""
-        x = logits.float() / self.temperature
-        use_top_p, top_k = self.shape
-        if use_top_p:
-            order = torch.sort(logits, dim=-1).indices
-            cum = cumsum_rows(torch.softmax(x.gather(-1, order), dim=-1))
-            drop = cum <= 1 - self.top_p
-            drop[..., -1:].fill_(False)  # keep at least the most likely token (no host copy)
-            x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
-        if top_k > 0:
-            kth = torch.topk(x, min(top_k, x.shape[-1]), dim=-1).values[..., -1:]
-            x = x.masked_fill(x < kth, float("-inf"))
-        return torch.softmax(x, dim=-1)
+        """logits [..., V] -> probabilities [..., V] (`processed_probs` with these settings)."""
+        return self.run(processed_probs, logits)
 
     def draws(self, *shape: int) -> Tensor:
         """Uniform draws in [0, 1) of `shape` from this state's generator."""
@@ -153,7 +153,38 @@ class SamplerState:
 
     def sample(self, logits: Tensor) -> Tensor:
         """One token (0-d, on the device) from the processed `logits` [V]."""
-        return inverse_cdf(self.probs(logits), self.draws())
+        return self.run(sample_token, logits, self.draws())
+
+
+@functools.cache
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` through torch.compile, one graph (the settings' shape, given as Python values, is
+    specialised on: a compilation per shape and tensor size)."""
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def processed_probs(logits: Tensor, temperature: Tensor, top_p: Tensor, use_top_p: bool,
+                    top_k: int) -> Tensor:
+    """logits [..., V] -> probabilities [..., V] (float32, on the logits' device), row by row:
+    temperature, then top-p (when `use_top_p`), then top-k (when > 0). Top-p sorts the logits as
+    they come (the temperature keeps their order; half precision keys sort faster)."""
+    x = logits.float() / temperature
+    if use_top_p:
+        order = torch.sort(logits, dim=-1).indices
+        cum = cumsum_rows(torch.softmax(x.gather(-1, order), dim=-1))
+        drop = cum <= 1 - top_p
+        drop[..., -1:].fill_(False)  # keep at least the most likely token (no host copy)
+        x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    if top_k > 0:
+        kth = torch.topk(x, min(top_k, x.shape[-1]), dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    return torch.softmax(x, dim=-1)
+
+
+def sample_token(logits: Tensor, u: Tensor, temperature: Tensor, top_p: Tensor, use_top_p: bool,
+                 top_k: int) -> Tensor:
+    """One token (0-d) from the processed `logits` [V], by inverse CDF at the uniform u (0-d)."""
+    return inverse_cdf(processed_probs(logits, temperature, top_p, use_top_p, top_k), u)
 
 
 SCAN_BLOCK = 1024  # most entries per block of `cumsum_rows`
@@ -165,17 +196,19 @@ def cumsum_rows(x: Tensor) -> Tensor:
     On CUDA, torch.cumsum over one row runs CUB's single-pass scan, whose float additions group
     differently from run to run (a block adds its predecessors' sums as they become ready): two
     runs over the same probabilities can differ in the last bit, and an inverse-CDF draw near a
-    boundary then picks another token. Here each row is cut into blocks of SCAN_BLOCK scanned as
-    the rows of a 2-D tensor (one fixed order), and each block adds the sum of the blocks before
-    it (a reduction, in a fixed order too)."""
+    boundary then picks another token. Here each row is cut into blocks of up to SCAN_BLOCK
+    scanned as the rows of a 2-D tensor (one fixed order), and each block adds the sum of the
+    blocks before it (a reduction, in a fixed order too); the entries past the last whole block
+    are scanned apart and add the sum of all blocks. (No padding to whole blocks: torch.compile's
+    fused comparison of a padded scan was measured wrong in its last block on a CPU.)"""
     v = x.shape[-1]
-    k = min(SCAN_BLOCK, max(1, -(-v // 2)))
-    b = max(2, -(-v // k))  # at least two blocks: one would be a single row again
-    blocks = torch.nn.functional.pad(x, (0, b * k - v)).unflatten(-1, (b, k))
-    blocks = blocks.cumsum(dim=-1)  # [..., B, k]
+    k = min(SCAN_BLOCK, max(1, v // 2))
+    b = v // k  # at least two whole blocks unless v is 1: one would be a single row again
+    blocks = x[..., : b * k].unflatten(-1, (b, k)).cumsum(dim=-1)  # [..., B, k]
     order = torch.arange(b, device=x.device)
     before = torch.where(order[None, :] < order[:, None], blocks[..., None, :, -1], 0.0).sum(-1)
-    return (blocks + before[..., None]).flatten(-2)[..., :v]
+    whole = (blocks + before[..., None]).flatten(-2)
+    return torch.cat((whole, x[..., b * k:].cumsum(dim=-1) + whole[..., -1:]), dim=-1)
 
 
 def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
@@ -240,18 +273,25 @@ def acceptance_odds(probs: Tensor, tokens: Tensor, parent: Tensor) -> Tensor:
 
 def accept_sampling_on_device(logits: Tensor, tokens: Tensor, retrieve: Tensor,
                               state: SamplerState, draws: Optional[Tensor] = None) -> AcceptResult:
-    """The sampled acceptance with fixed shapes and no host read (C = retrieve width). Child n at
-    depth d+1 is accepted when draws[d, n] < its odds (`acceptance_odds`); the walk goes from the
-    root to the first accepted child (node order) of each node it reaches; where none is, the
-    bonus token is drawn from that node's residual by inverse CDF with draws[0, 0] (the root's
-    slot, never a child's). Every node's odds come from one batched pass over the T+1 rows, so
-    the walk itself is one gather per level.
+    """The sampled acceptance with fixed shapes and no host read (C = retrieve width):
+    `sampled_walk` with `state`'s settings, compiled where the state says.
 
     draws: [C, T+1] uniforms in [0, 1) (more rows are ignored); default: drawn from `state`'s
     generator."""
-    n, c, dev = tokens.shape[0], retrieve.shape[1], tokens.device
+    n, c = tokens.shape[0], retrieve.shape[1]
     draws = state.draws(c, n) if draws is None else draws
-    probs = state.probs(logits)  # [T+1, V]
+    return state.run(sampled_walk, logits, tokens, retrieve, draws)
+
+
+def sampled_walk(logits: Tensor, tokens: Tensor, retrieve: Tensor, draws: Tensor,
+                 temperature: Tensor, top_p: Tensor, use_top_p: bool, top_k: int) -> AcceptResult:
+    """Child n at depth d+1 is accepted when draws[d, n] < its odds (`acceptance_odds`); the walk
+    goes from the root to the first accepted child (node order) of each node it reaches; where
+    none is, the bonus token is drawn from that node's residual by inverse CDF with draws[0, 0]
+    (the root's slot, never a child's). Every node's odds come from one batched pass over the T+1
+    rows, so the walk itself is one gather per level."""
+    n, c, dev = tokens.shape[0], retrieve.shape[1], tokens.device
+    probs = processed_probs(logits, temperature, top_p, use_top_p, top_k)  # [T+1, V]
     links = tree_links(retrieve, n)
     order = torch.arange(n, device=dev)
     tested = draws[(links.depth - 1).clamp(min=0), order]  # a child's draw: its parent's level

@@ -1,6 +1,6 @@
 """GPU checks of the static-shape engine: CUDA graphs decode the tokens eager decoding does (greedy,
-and sampling with one seed), the
-default (deterministic) kernels reproduce themselves, and a captured step never syncs."""
+and sampling with one seed), the default (deterministic) kernels reproduce themselves, and a
+captured step never syncs."""
 import pytest
 import torch
 
@@ -90,19 +90,23 @@ def test_default_kernels_reproduce_themselves_8b(dtype):
     assert all(len(ids) == 64 for ids in first.values())
 
 
-def test_captured_and_eager_triton_steps_never_sync():
+@pytest.mark.parametrize("sampling", [{}, SAMPLINGS[1]], ids=["greedy", "sampling"])
+def test_captured_and_eager_triton_steps_never_sync(sampling):
+    """Neither a replayed nor an eager step reads the device from the host (sampling: the
+    compiled processing and acceptance included)."""
     model, eager = twin_models("tiny", torch.float16)
     prompt = prompt_ids(model.base.args.vocab_size, 50)
     for m in (model, eager):
         m.mask_impl = "triton"
-        m.generate(prompt, max_new_tokens=16)  # captures; leaves the step buffers mid-sequence
+        m.generate(prompt, max_new_tokens=16, **sampling)  # captures; leaves the buffers mid-sequence
     window = window_for(50 + 16 + model.tree.step_slots, model.max_length)
+    states = [m.eagle_step.sampling if sampling else None for m in (model, eager)]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode(), model.kernels.blas_context(model.device):  # as generate runs them
-            model.graphs.run_step(model.eagle_step, window, no_section, one_graph=True)
-            eager.graphs.run_step(eager.eagle_step, window, no_section, one_graph=False)
+            model.graphs.run_step(model.eagle_step, window, no_section, True, states[0])
+            eager.graphs.run_step(eager.eagle_step, window, no_section, False, states[1])
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert model.eagle_step.result() and eager.eagle_step.result()
