@@ -159,8 +159,11 @@ class SamplerState:
 @functools.cache
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` through torch.compile, one graph (the settings' shape, given as Python values, is
-    specialised on: a compilation per shape and tensor size)."""
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+    specialised on: a compilation per shape and tensor size). Up to 64 compilations each, not
+    torch's default 8, past which it would run `fn` uncompiled: the tokens drawn at a near-tie
+    would then hang on how many shapes the process had met before."""
+    return torch._dynamo.config.patch(recompile_limit=64)(
+        torch.compile(fn, fullgraph=True, dynamic=False))
 
 
 def processed_probs(logits: Tensor, temperature: Tensor, top_p: Tensor, use_top_p: bool,
