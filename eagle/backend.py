@@ -10,9 +10,9 @@ each (`eagle.fused_triton`), the query/key/value and gate/up projections as one 
 over stacked weights (`eagle.fused.stack_weights`), and, unless a named SDPA backend is pinned,
 attention as one Triton kernel. EAGLE steps on the fused path prefer cuBLASLt for their matrix
 products (measured faster on an H100 for the verify's ~61 rows and the draft's few rows; plain
-decoding is faster with torch's default). Sampling's logits processing and tree acceptance run
-through `torch.compile` (`eagle.verify.compiled`): a few generated kernels instead of about 120
-small ones per step. Both paths compute the same function; in float16 they can part at near-ties,
+decoding is faster with torch's default). With `compile_sampling` (off by default until its GPU
+measurement), sampling's logits processing and tree acceptance run through `torch.compile`
+(`eagle.verify.compiled`): a few generated kernels instead of about 120 small ones per step. Both paths compute the same function; in float16 they can part at near-ties,
 so answer files name the path (`describe`).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Kernels:
     fused: bool = True  # the fused path where it can run; False: PyTorch's operations everywhere
     attention: str = "auto"  # "auto" or a pinned SDPA backend (ATTENTION_BACKENDS)
     eagle_blas: Optional[str] = "cublaslt"  # BLAS library EAGLE steps prefer; None: torch's default
-    compile_sampling: bool = True  # on the fused path, sampling runs through torch.compile
+    compile_sampling: bool = False  # on the fused path, sampling runs through torch.compile
 
     def __post_init__(self) -> None:
         if self.attention != "auto" and self.attention not in ATTENTION_BACKENDS:
@@ -62,7 +62,7 @@ class Kernels:
         """The kernel path on `device`, as answer files record it."""
         if not self.active(device):
             return "torch"
-        return "fused (triton)" + ("" if self.compile_sampling else ", sampling uncompiled")
+        return "fused (triton)" + (", sampling compiled" if self.compile_sampling else "")
 
     def attention_active(self, device: torch.device) -> bool:
         """Whether attention on `device` runs the fused Triton kernel (no SDPA backend pinned)."""
