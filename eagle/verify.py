@@ -218,9 +218,11 @@ def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
     """The token (0-d) whose cumulative interval of `weights` [V] (any positive total) holds
     u * total, u (0-d) in [0, 1): token t with probability weights[t] / total, never a token of
     weight 0 (where rounding lands on one, past the total or at a block boundary of
-    `cumsum_rows`, the last token of positive weight)."""
+    `cumsum_rows`, the last token of positive weight). The token is the count of cumulative sums
+    at or below the target (a fused reduction: torch.compile's searchsorted failed to compile on
+    a cumulative sum of whole blocks, torch 2.11 on CUDA)."""
     cdf = cumsum_rows(weights)
-    t = torch.searchsorted(cdf, (u * cdf[-1]).view(1), right=True).clamp(max=weights.shape[-1] - 1)
+    t = (cdf <= u * cdf[-1]).sum(-1, keepdim=True).clamp(max=weights.shape[-1] - 1)
     order = torch.arange(weights.shape[-1], device=weights.device)
     last = ((weights > 0).long() * order).argmax()
     return torch.where(weights.index_select(0, t)[0] > 0, t[0], last)
