@@ -10,10 +10,11 @@ each (`eagle.fused_triton`), the query/key/value and gate/up projections as one 
 over stacked weights (`eagle.fused.stack_weights`), and, unless a named SDPA backend is pinned,
 attention as one Triton kernel. EAGLE steps on the fused path prefer cuBLASLt for their matrix
 products (measured faster on an H100 for the verify's ~61 rows and the draft's few rows; plain
-decoding is faster with torch's default). With `compile_sampling` (off by default until its GPU
-measurement), sampling's logits processing and tree acceptance run through `torch.compile`
-(`eagle.verify.compiled`): a few generated kernels instead of about 120 small ones per step. Both paths compute the same function; in float16 they can part at near-ties,
-so answer files name the path (`describe`).
+decoding is faster with torch's default). On the fused path, sampling's logits processing and
+tree acceptance run through `torch.compile` (`compile_sampling`, on by default;
+`eagle.verify.compiled`): a few generated kernels instead of about 120 small ones per step. Both
+paths compute the same function, but their float roundings differ, so their sampled tokens (and
+in float16 their greedy ones) can part at near-ties: answer files name the path (`describe`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class Kernels:
     fused: bool = True  # the fused path where it can run; False: PyTorch's operations everywhere
     attention: str = "auto"  # "auto" or a pinned SDPA backend (ATTENTION_BACKENDS)
     eagle_blas: Optional[str] = "cublaslt"  # BLAS library EAGLE steps prefer; None: torch's default
-    compile_sampling: bool = False  # on the fused path, sampling runs through torch.compile
+    compile_sampling: bool = True  # on the fused path, sampling runs through torch.compile
 
     def __post_init__(self) -> None:
         if self.attention != "auto" and self.attention not in ATTENTION_BACKENDS:
