@@ -200,13 +200,31 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+LEFT_KEY = "eagle/tp/left"
+
+
 def leave() -> None:
-    """Leave the group after the last collective (no-op alone). The ranks first meet at a
-    barrier: a gloo rank that tore its group down while its peer was still finishing the last
-    collective could abort the peer's process at exit."""
+    """Leave the group after the last collective (no-op alone). A gloo rank that tears its
+    group down while a peer is still finishing a collective can abort the peer's process, and
+    the last collective (a barrier included) always ends on some rank before another: so the
+    ranks meet at a barrier, then wait on the group's store, which no rank's teardown touches,
+    until every rank has returned from it."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        wait_for_all(dist.distributed_c10d._get_default_store(), dist.get_world_size())
         dist.destroy_process_group()
+
+
+def wait_for_all(store: dist.Store, world: int, key: str = LEFT_KEY) -> None:
+    """Return once `world` ranks have called this with `store` and `key`: each adds one to a
+    counter, the rank that completes a round of `world` sets that round's key, and every rank of
+    the round waits for it (the store's timeout bounds the wait). Rounds keep a group made
+    again on the same store from reading an earlier group's count."""
+    count = store.add(key, 1)
+    round_key = f"{key}/{(count - 1) // world}"
+    if count % world == 0:
+        store.set(round_key, "1")
+    store.wait([round_key])
 
 
 def broadcast(obj: object, src: int = 0) -> object:

@@ -9,10 +9,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
@@ -108,6 +111,20 @@ def test_every_weight_of_a_preset_is_cut_from_the_same_random_tensors():
         parallel.randomize_shards_(shard, args, tp, seed=3)
         shards.append(shard)
     check_shards(shards, whole.state_dict(), args)
+
+
+def test_no_rank_leaves_before_every_rank_has_arrived_and_groups_reuse_the_store():
+    store = dist.HashStore()
+    store.set_timeout(timedelta(seconds=20))  # a rank never released fails instead of hanging
+    for _ in range(2):  # a second group on the same store: its own round
+        first = threading.Thread(target=parallel.wait_for_all, args=(store, WORLD))
+        first.start()
+        first.join(0.3)
+        assert first.is_alive()  # waits for its peer
+        parallel.wait_for_all(store, WORLD)
+        first.join(20)
+        assert not first.is_alive()
+    assert store.add(parallel.LEFT_KEY, 0) == 2 * WORLD
 
 
 def free_port() -> int:
