@@ -204,27 +204,40 @@ LEFT_KEY = "eagle/tp/left"
 
 
 def leave() -> None:
-    """Leave the group after the last collective (no-op alone). A gloo rank that tears its
-    group down while a peer is still finishing a collective can abort the peer's process, and
-    the last collective (a barrier included) always ends on some rank before another: so the
-    ranks meet at a barrier, then wait on the group's store, which no rank's teardown touches,
-    until every rank has returned from it."""
+    """Leave the group after the last collective (no-op alone): a barrier, then `depart` on the
+    group's store, then the teardown."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        wait_for_all(dist.distributed_c10d._get_default_store(), dist.get_world_size())
+        depart(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
         dist.destroy_process_group()
 
 
-def wait_for_all(store: dist.Store, world: int, key: str = LEFT_KEY) -> None:
-    """Return once `world` ranks have called this with `store` and `key`: each adds one to a
-    counter, the rank that completes a round of `world` sets that round's key, and every rank of
-    the round waits for it (the store's timeout bounds the wait). Rounds keep a group made
-    again on the same store from reading an earlier group's count."""
+def depart(store: dist.Store, rank: int, world: int, key: str = LEFT_KEY) -> None:
+    """Return when this rank may tear its group down. A gloo rank that tears down while a peer
+    is still finishing a collective can abort the peer's process, and the last collective (a
+    barrier too) always ends on one rank before another: so every rank first waits, on the
+    store, until all have returned from it. Rank 0 then waits until every other rank has made
+    its last store call, since under a plain launch (MASTER_ADDR) it hosts the store and its
+    exit ends it (torchrun's store lives in the launcher)."""
+    back = arrive(store, f"{key}/back", world)
+    store.wait([back])
+    if world == 1:
+        return
+    if rank:
+        arrive(store, f"{key}/gone", world - 1)
+    else:
+        store.wait([f"{key}/gone/{back.rsplit('/', 1)[1]}"])
+
+
+def arrive(store: dist.Store, key: str, members: int) -> str:
+    """Count this process in at `key`; the one that completes a round of `members` sets the
+    round's key, which is returned. Rounds keep a group made again on the same store from
+    reading an earlier group's count."""
     count = store.add(key, 1)
-    round_key = f"{key}/{(count - 1) // world}"
-    if count % world == 0:
+    round_key = f"{key}/{(count - 1) // members}"
+    if count % members == 0:
         store.set(round_key, "1")
-    store.wait([round_key])
+    return round_key
 
 
 def broadcast(obj: object, src: int = 0) -> object:

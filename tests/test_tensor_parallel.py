@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -113,18 +114,36 @@ def test_every_weight_of_a_preset_is_cut_from_the_same_random_tensors():
     check_shards(shards, whole.state_dict(), args)
 
 
-def test_no_rank_leaves_before_every_rank_has_arrived_and_groups_reuse_the_store():
+@pytest.mark.parametrize("world", [2, 3])
+def test_no_rank_departs_before_all_arrive_and_rank_0_departs_last(world):
     store = dist.HashStore()
     store.set_timeout(timedelta(seconds=20))  # a rank never released fails instead of hanging
-    for _ in range(2):  # a second group on the same store: its own round
-        first = threading.Thread(target=parallel.wait_for_all, args=(store, WORLD))
-        first.start()
-        first.join(0.3)
-        assert first.is_alive()  # waits for its peer
-        parallel.wait_for_all(store, WORLD)
-        first.join(20)
-        assert not first.is_alive()
-    assert store.add(parallel.LEFT_KEY, 0) == 2 * WORLD
+    for group in range(2):  # a second group on the same store: its own rounds
+        ranks = [threading.Thread(target=parallel.depart, args=(store, r, world)) for r in range(world)]
+        for thread in ranks[:-1]:
+            thread.start()
+        time.sleep(0.3)
+        assert all(thread.is_alive() for thread in ranks[:-1])  # each waits for the last rank
+        ranks[-1].start()
+        for thread in ranks:
+            thread.join(20)
+            assert not thread.is_alive()
+        assert store.add(f"{parallel.LEFT_KEY}/back", 0) == (group + 1) * world
+        assert store.add(f"{parallel.LEFT_KEY}/gone", 0) == (group + 1) * (world - 1)
+
+
+def test_rank_0_waits_for_every_other_rank_to_be_gone():
+    store = dist.HashStore()
+    store.set_timeout(timedelta(seconds=20))
+    store.set(f"{parallel.LEFT_KEY}/back/0", "1")  # every rank is back from the barrier
+    store.add(f"{parallel.LEFT_KEY}/back", 1)
+    zero = threading.Thread(target=parallel.depart, args=(store, 0, 2))
+    zero.start()
+    zero.join(0.3)
+    assert zero.is_alive()  # rank 1 has not made its last store call
+    parallel.arrive(store, f"{parallel.LEFT_KEY}/gone", 1)
+    zero.join(20)
+    assert not zero.is_alive()
 
 
 def free_port() -> int:
