@@ -219,25 +219,27 @@ def depart(store: dist.Store, rank: int, world: int, key: str = LEFT_KEY) -> Non
     store, until all have returned from it. Rank 0 then waits until every other rank has made
     its last store call, since under a plain launch (MASTER_ADDR) it hosts the store and its
     exit ends it (torchrun's store lives in the launcher)."""
-    back = arrive(store, f"{key}/back", world)
-    store.wait([back])
+    back = f"{key}/back"
+    n = arrive(store, back, world)
+    store.wait([f"{back}/{n}"])
     if world == 1:
         return
+    gone = f"{key}/gone"
     if rank:
-        arrive(store, f"{key}/gone", world - 1)
+        arrive(store, gone, world - 1)
     else:
-        store.wait([f"{key}/gone/{back.rsplit('/', 1)[1]}"])
+        store.wait([f"{gone}/{n}"])
 
 
-def arrive(store: dist.Store, key: str, members: int) -> str:
-    """Count this process in at `key`; the one that completes a round of `members` sets the
-    round's key, which is returned. Rounds keep a group made again on the same store from
-    reading an earlier group's count."""
+def arrive(store: dist.Store, key: str, members: int) -> int:
+    """Count this process in at `key` and return its round: the process that completes round n
+    of `members` sets KEY/n. Rounds keep a group made again on the same store from reading an
+    earlier group's count."""
     count = store.add(key, 1)
-    round_key = f"{key}/{(count - 1) // members}"
+    n = (count - 1) // members
     if count % members == 0:
-        store.set(round_key, "1")
-    return round_key
+        store.set(f"{key}/{n}", "1")
+    return n
 
 
 def broadcast(obj: object, src: int = 0) -> object:
